@@ -1,0 +1,19 @@
+"""condconv-nas: where do CondConv layers buy more accuracy per MAdd than width or depth?"""
+
+from __future__ import annotations
+
+from .cost import count_cost
+from .presets import get_preset, preset_names
+from .spec import ArchSpec, SpecError, StageSpec
+
+__all__ = ["ArchSpec", "SpecError", "StageSpec", "__version__", "build_model", "count_cost",
+           "get_preset", "preset_names"]
+
+__version__ = "0.1.0"
+
+
+def build_model(spec: ArchSpec):
+    """The torch model of `spec` (imports torch on first use, so the core stays light)."""
+    from .model import build_model as _build
+
+    return _build(spec)

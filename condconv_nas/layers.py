@@ -1,0 +1,237 @@
+"""Building blocks: CondConv2d and its router, squeeze-excite, conv-bn-act."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "PATHS",
+    "CondConv2d",
+    "ConvBnAct",
+    "Router",
+    "SqueezeExcite",
+    "choose_path",
+    "make_activation",
+]
+
+# How CondConv2d can compute its output. All are exact; they differ in speed by shape and device.
+#   static:  one expert -> a plain conv scaled by the routing weight
+#   bmm:     1x1 conv, groups 1 -> per-example kernels, one batched matmul
+#   grouped: per-example kernels, batch folded into the groups of one conv
+#   experts: every expert on the whole batch as one conv, outputs mixed by the routing weights
+PATHS = ("static", "bmm", "grouped", "experts")
+
+
+def choose_path(
+    device: str,
+    batch: int,
+    in_channels: int,
+    out_channels: int,
+    kernel: int,
+    groups: int,
+    out_pixels: int,
+    num_experts: int,
+) -> str:
+    """Fastest exact path for a shape; the rule comes from bench/condconv_layer.py measurements."""
+    if num_experts == 1:
+        return "static"
+    pointwise = kernel == 1 and groups == 1
+    if device == "cuda":
+        # Per-example kernels cost B*E*params of memory traffic; running all experts costs E x the
+        # conv's arithmetic. Tiny maps make the second cheaper on the GPU (measured: H100).
+        if out_pixels <= 16 and groups == 1:
+            return "experts"
+        return "bmm" if pointwise else "grouped"
+    return "bmm" if pointwise else "grouped"
+
+
+class CondConv2d(nn.Module):
+    """Conditionally parameterized conv (Yang et al. 2019): kernel = sum_e r_e * W_e per example."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        num_experts: int = 4,
+    ) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} "
+                             f"and out_channels={out_channels}")
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
+        self.padding = (kernel_size - 1) // 2 * dilation if padding is None else padding
+        self.num_experts = num_experts
+        self.path = "auto"  # or one of PATHS, to force a computation (bench, tests)
+        shape = (num_experts, out_channels, in_channels // groups, kernel_size, kernel_size)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise every expert as nn.Conv2d initialises a conv of that shape."""
+        fan_in = self.weight[0].numel() // self.out_channels
+        for e in range(self.num_experts):
+            nn.init.kaiming_uniform_(self.weight[e], a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}, num_experts={self.num_experts}")
+
+    def out_size(self, size: int) -> int:
+        """Spatial output size for an input of `size`."""
+        span = self.dilation * (self.kernel_size - 1) + 1
+        return (size + 2 * self.padding - span) // self.stride + 1
+
+    def resolve_path(self, x: torch.Tensor) -> str:
+        """The path forward takes for this input."""
+        if self.path != "auto":
+            return self.path
+        pixels = self.out_size(x.shape[-2]) * self.out_size(x.shape[-1])
+        return choose_path(x.device.type, x.shape[0], self.in_channels, self.out_channels,
+                           self.kernel_size, self.groups, pixels, self.num_experts)
+
+    def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        """`x` [B, C, H, W], `routing_weights` [B, E] -> [B, out, H', W']."""
+        path = self.resolve_path(x)
+        if path == "static":
+            return self._static(x, routing_weights)
+        if path == "experts":
+            return self._experts(x, routing_weights)
+        if path == "bmm":
+            return self._bmm(x, routing_weights)
+        return self._grouped(x, routing_weights)
+
+    def mixed_kernels(self, routing_weights: torch.Tensor) -> torch.Tensor:
+        """Per-example kernels [B, out, in/groups, k, k]: one matmul over the experts."""
+        flat = self.weight.reshape(self.num_experts, -1)
+        return torch.mm(routing_weights.to(flat.dtype), flat).view(-1, *self.weight.shape[1:])
+
+    def _mixed_bias(self, r: torch.Tensor) -> torch.Tensor | None:
+        return None if self.bias is None else torch.mm(r.to(self.bias.dtype), self.bias)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, groups)
+
+    def _static(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        # One expert: conv(x, r*W) = r*conv(x, W), so the kernel never has to be materialised.
+        bias = None if self.bias is None else self.bias[0]
+        y = F.conv2d(x, self.weight[0], bias, self.stride, self.padding, self.dilation, self.groups)
+        return y * r[:, :1, None, None].to(y.dtype)
+
+    def _bmm(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        if self.kernel_size != 1 or self.groups != 1 or self.padding != 0:
+            raise ValueError("the bmm path needs a 1x1 conv with groups=1 and no padding")
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        b, c, h, w = x.shape
+        kernels = self.mixed_kernels(r).view(b, self.out_channels, c).to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # [B, HW, C] @ [B, C, O] keeps the result channels_last without a copy.
+            y = torch.bmm(x.permute(0, 2, 3, 1).reshape(b, h * w, c), kernels.transpose(1, 2))
+            y = y.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
+        else:
+            y = torch.bmm(kernels, x.reshape(b, c, h * w)).view(b, self.out_channels, h, w)
+        return self._add_bias(y, r)
+
+    def _grouped(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        kernels = self.mixed_kernels(r).to(x.dtype)
+        kernels = kernels.reshape(b * self.out_channels, *self.weight.shape[2:])
+        y = self._conv(x.reshape(1, b * c, h, w), kernels, b * self.groups)
+        return self._add_bias(y.view(b, self.out_channels, *y.shape[-2:]), r)
+
+    def _experts(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        e, o, g = self.num_experts, self.out_channels, self.groups
+        # Order output channels (group, expert, out-per-group) so each group's experts see its inputs.
+        weight = self.weight.view(e, g, o // g, *self.weight.shape[2:]).transpose(0, 1)
+        y = self._conv(x, weight.reshape(e * o, *self.weight.shape[2:]).to(x.dtype), g)
+        b, _, h, w = y.shape
+        y = y.reshape(b, g, e, o // g * h * w)
+        y = torch.einsum("bgep,be->bgp", y, r.to(y.dtype)).reshape(b, o, h, w)
+        return self._add_bias(y, r)
+
+    def _add_bias(self, y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        bias = self._mixed_bias(r)
+        return y if bias is None else y + bias.to(y.dtype)[:, :, None, None]
+
+
+class Router(nn.Module):
+    """Routing function: global average pool -> linear -> sigmoid (or softmax with temperature)."""
+
+    def __init__(self, in_channels: int, num_experts: int, kind: str = "sigmoid",
+                 temperature: float = 1.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        if kind not in ("sigmoid", "softmax"):
+            raise ValueError(f"router kind must be sigmoid or softmax, got {kind!r}")
+        self.fc = nn.Linear(in_channels, num_experts)
+        self.kind, self.temperature, self.dropout = kind, temperature, dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> routing weights [B, E]."""
+        logits = self.fc(x.mean((2, 3)))
+        if self.kind == "softmax":
+            weights = torch.softmax(logits / self.temperature, dim=1)
+        else:
+            weights = torch.sigmoid(logits)
+        return F.dropout(weights, self.dropout, self.training) if self.dropout else weights
+
+
+def make_activation(name: str) -> nn.Module:
+    """Activation module by spec name."""
+    table = {"relu": nn.ReLU, "relu6": nn.ReLU6, "swish": nn.SiLU, "hswish": nn.Hardswish}
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(table)}")
+    return table[name](inplace=True)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: pool -> 1x1 reduce -> act -> 1x1 expand -> sigmoid gate."""
+
+    def __init__(self, channels: int, reduced: int, act: str) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
+        self.act = make_activation(act)
+        self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True))))
+        return x * torch.sigmoid(gate)
+
+
+class ConvBnAct(nn.Module):
+    """Conv (static, or CondConv when experts > 1) -> BatchNorm -> optional activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1,
+                 groups: int = 1, act: str | None = None, experts: int = 0) -> None:
+        super().__init__()
+        padding = (kernel - 1) // 2
+        if experts > 1:
+            self.conv: nn.Module = CondConv2d(in_channels, out_channels, kernel, stride, padding,
+                                              groups=groups, num_experts=experts)
+        else:
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding,
+                                  groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = make_activation(act) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor, routing: torch.Tensor | None = None) -> torch.Tensor:
+        """Routing weights are used by a CondConv and ignored by a static conv."""
+        y = self.conv(x, routing) if isinstance(self.conv, CondConv2d) else self.conv(x)
+        return self.act(self.bn(y))

@@ -1,0 +1,88 @@
+"""The CLI: figures as JSON, and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from condconv_nas.cli import main
+from condconv_nas.cost import count_cost
+from condconv_nas.presets import get_preset, preset_names
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_presets_json_lists_every_preset(capsys):
+    code, out, _ = run(capsys, "presets", "--json")
+    rows = json.loads(out)["presets"]
+    assert code == 0 and [r["name"] for r in rows] == preset_names()
+    assert rows[0]["madds"] == count_cost(get_preset(rows[0]["name"])).madds
+
+
+def test_cost_json_gives_integers_and_layers(capsys):
+    code, out, _ = run(capsys, "cost", "--preset", "mobilenet_v2", "--json", "--per-layer")
+    data = json.loads(out)
+    assert code == 0 and isinstance(data["madds"], int) and isinstance(data["params"], int)
+    assert sum(layer["madds"] for layer in data["layers"]) == data["madds"]
+
+
+def test_cost_resolution_and_classes_change_the_count(capsys):
+    _, out, _ = run(capsys, "cost", "--preset", "efficientnet_b0", "--resolution", "112",
+                    "--num-classes", "10", "--json")
+    spec = get_preset("efficientnet_b0").replace(input_size=112, num_classes=10)
+    assert json.loads(out) == count_cost(spec).to_dict()
+
+
+def test_cost_of_an_arch_file(tmp_path, capsys):
+    spec = get_preset("condconv_efficientnet_b0_8e_proxy32")
+    path = tmp_path / "a.json"
+    path.write_text(spec.to_json())
+    _, out, _ = run(capsys, "cost", "--arch", str(path), "--json")
+    assert json.loads(out)["madds"] == count_cost(spec).madds
+
+
+BAD = [
+    (["cost", "--preset", "resnet50"], "preset 'resnet50' is unknown"),
+    (["cost", "--preset", "mobilenet_v2", "--resolution", "2"], "--resolution"),
+    (["cost", "--preset", "mobilenet_v2", "--num-classes", "0"], "--num-classes"),
+    (["cost", "--arch", "/no/such/file.json"], "cannot read"),
+]
+
+
+@pytest.mark.parametrize("argv, needle", BAD)
+def test_bad_input_is_one_line_exit_2(argv, needle, capsys):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, field", [
+    ('{"stages": [{"repeats": 1, "kernel": 4, "stride": 1, "expand": 6, "out_channels": 8}]}',
+     "kernel"),
+    ('{"stages": [{"repeats": 1, "kernel": 3, "stride": 3, "expand": 6, "out_channels": 8}]}',
+     "stride"),
+    ('{"stages": [{"repeats": 1, "kernel": 3, "stride": 1, "expand": 6, "out_channels": -8}]}',
+     "out_channels"),
+    ('{"stages": [{"repeats": 1, "kernel": 3, "stride": 1, "expand": 6, "out_channels": 8,'
+     ' "experts": 0.5}]}', "experts"),
+    ('{"stages": [', "not valid JSON"),
+    ('[]', "must be an object"),
+])
+def test_malformed_arch_json_names_the_field(tmp_path, capsys, content, field):
+    path = tmp_path / "arch.json"
+    path.write_text(content)
+    code, _, err = run(capsys, "cost", "--arch", str(path))
+    assert code == 2 and field in err and err.count("\n") == 1
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "condconv_nas.cli", "cost", "--preset", "x"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("condconv-nas: error: preset 'x' is unknown")
