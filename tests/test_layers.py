@@ -104,14 +104,21 @@ def test_bmm_path_rejects_shapes_it_cannot_compute():
         conv(torch.randn(1, 4, 5, 5), torch.rand(1, 2))
 
 
-def test_choose_path_is_exact_choice_for_every_case():
+def test_choose_path_picks_a_path_that_can_compute_the_shape():
     for device in ("cpu", "cuda"):
         for k, g in ((1, 1), (3, 1), (3, 8), (1, 2)):
-            for pixels in (1, 16, 64, 3136):
-                path = choose_path(device, 64, 8, 8, k, g, pixels, 8)
-                assert path in PATHS
-                assert path != "bmm" or (k == 1 and g == 1)
+            for batch, pixels in ((1, 1), (64, 16), (256, 16), (8, 3136)):
+                path = choose_path(device, batch, 1152, 192, k, g, pixels, 8)
+                assert path in PATHS and (path != "bmm" or (k == 1 and g == 1))
         assert choose_path(device, 8, 8, 8, 3, 1, 49, 1) == "static"
+    assert choose_path("cpu", 64, 1152, 192, 1, 1, 16, 8) == "experts"
+    assert choose_path("cuda", 64, 1152, 192, 1, 1, 16, 8) == "bmm"
+
+
+def test_padded_pointwise_conv_matches_reference():
+    conv = CondConv2d(4, 6, 1, padding=1, num_experts=3).double()
+    x, r = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.rand(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(conv(x, r), reference(conv, x, r), rtol=0, atol=1e-9)
 
 
 def test_sigmoid_router_is_pool_linear_sigmoid():
