@@ -19,6 +19,14 @@ class UsageError(Exception):
     """Bad input that the user can fix; printed as one line with exit code 2."""
 
 
+def _known_errors() -> tuple[type[Exception], ...]:
+    """Error types that are the user's to fix: one line, exit code 2."""
+    from .data import DataError
+    from .train import NonFiniteLossError, RecipeError
+
+    return (SpecError, UsageError, DataError, RecipeError, NonFiniteLossError)
+
+
 def _spec_from_args(args: argparse.Namespace) -> ArchSpec:
     from .presets import get_preset
 
@@ -88,6 +96,56 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a preset or arch file on a dataset and report accuracy and speed."""
+    import torch
+
+    from .cost import count_cost
+    from .data import load_dataset
+    from .model import build_model
+    from .train import Recipe, check_batch_size, fit, resolve_device
+
+    device = resolve_device(args.device)
+    spec = _spec_from_args(args)
+    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed")
+                 if getattr(args, k) is not None}
+    recipe = Recipe(**overrides)
+    data = load_dataset(args.dataset, args.data_dir, val_size=args.val_size,
+                        train_limit=args.train_limit, device=device)
+    check_batch_size(recipe, data)
+    spec = _fit_spec_to_data(spec, data.in_channels, data.size, data.num_classes, args.dataset)
+    cost = count_cost(spec)
+    torch.manual_seed(recipe.seed)
+    model = build_model(spec)
+    print(f"training {spec.name} ({_fmt_count(cost.madds)} MAdds, {_fmt_count(cost.params)} "
+          f"params) on {args.dataset}: {len(data.train)} train / {len(data.val)} val images, "
+          f"{recipe.epochs} epochs, batch {recipe.batch_size}, {device}", file=sys.stderr)
+    result = fit(model, data, recipe, eval_test=args.eval_test, progress=not args.no_progress)
+    figures = {"val_acc": result.val_acc, "test_acc": result.test_acc,
+               "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_s, 1),
+               "madds": cost.madds, "params": cost.params, "epochs": result.epochs_run,
+               "peak_memory_bytes": result.peak_memory_bytes, "device": result.device}
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        test = f", test {result.test_acc:.4f}" if result.test_acc is not None else ""
+        print(f"val {result.val_acc:.4f}{test} | {result.seconds:.1f} s, "
+              f"{result.images_per_s:.0f} img/s | {cost.madds:,} MAdds, {cost.params:,} params "
+              f"| {result.device}")
+    return 0
+
+
+def _fit_spec_to_data(spec: ArchSpec, channels: int, size: int, classes: int, name: str
+                      ) -> ArchSpec:
+    """The spec with the dataset's input and classes, saying so when that changes it."""
+    changes = {k: v for k, v in (("in_channels", channels), ("input_size", size),
+                                 ("num_classes", classes)) if getattr(spec, k) != v}
+    if changes:
+        print(f"note: {spec.name} set to {channels}x{size}x{size} input and {classes} classes "
+              f"to match {name}", file=sys.stderr)
+    return spec.replace(**changes)
+
+
 def _add_arch_source(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", metavar="NAME", help="a preset name (see `condconv-nas presets`)")
@@ -112,6 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-layer", action="store_true", help="list every layer")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("train", help="train an architecture on a dataset")
+    _add_arch_source(p)
+    p.add_argument("--dataset", required=True,
+                   help="fashion-mnist, cifar10, cifar100, npz:DIR (train.npz/test.npz) or synthetic")
+    p.add_argument("--data-dir", metavar="D", help="where the dataset files are (before "
+                   "$CONDCONV_NAS_DATA and /usr/share/datasets)")
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="B")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--val-size", type=int, metavar="N",
+                   help="validation images carved from train (default 5000 or a tenth)")
+    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N images only")
+    p.add_argument("--eval-test", action="store_true", help="also report test accuracy")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -119,10 +196,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a subcommand; bad input exits 2 with one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    known = (SpecError, UsageError) if args.command in ("presets", "cost") else _known_errors()
     try:
         return int(args.func(args) or 0)
-    except (SpecError, UsageError) as err:
+    except known as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; use a smaller --batch-size or architecture",
+              file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # CUDA out-of-memory arrives as torch.OutOfMemoryError
+        if "out of memory" not in str(err).lower():
+            raise
+        print(f"{PROG}: error: out of GPU memory; use a smaller --batch-size or architecture",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -86,3 +86,50 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("condconv-nas: error: preset 'x' is unknown")
+
+
+def test_train_synthetic_json(capsys):
+    code, out, err = run(capsys, "train", "--preset", "mobilenet_v2_proxy28", "--dataset",
+                         "synthetic", "--epochs", "1", "--batch-size", "64", "--json",
+                         "--no-progress", "--eval-test")
+    data = json.loads(out)
+    assert code == 0
+    assert {"val_acc", "test_acc", "seconds", "images_per_s", "madds", "params"} <= set(data)
+    spec = get_preset("mobilenet_v2_proxy28").replace(input_size=16, num_classes=4)
+    assert data["madds"] == count_cost(spec).madds  # adapted to the data, and said so
+    assert "set to 1x16x16 input and 4 classes" in err
+
+
+TRAIN_BAD = [
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--dataset", "synthetic", "--batch-size", "100000"], "batch size 100000 is larger"),
+    (["--dataset", "npz:/no/such/dir"], "does not exist"),
+    (["--dataset", "cifar10", "--data-dir", "/no/such/dir"], "cifar10 not found"),
+    (["--dataset", "synthetic", "--epochs", "0"], "recipe.epochs"),
+    (["--dataset", "synthetic", "--device", "tpu"], "--device"),
+]
+
+
+@pytest.mark.parametrize("extra, needle", TRAIN_BAD)
+def test_train_bad_input(extra, needle, capsys, monkeypatch):
+    monkeypatch.setenv("CONDCONV_NAS_DATA", "/no/such/dir")
+    code, out, err = run(capsys, "train", "--preset", "mobilenet_v2_proxy28", "--no-progress", *extra)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("condconv-nas: error: ") and needle in err
+
+
+def test_train_missing_fashion_mnist(capsys, monkeypatch, tmp_path):
+    import condconv_nas.data as D
+
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.delenv("CONDCONV_NAS_DATA", raising=False)
+    code, _, err = run(capsys, "train", "--preset", "mobilenet_v2_proxy28", "--dataset",
+                       "fashion-mnist", "--data-dir", str(tmp_path))
+    assert code == 2 and "apt-get install dataset-fashion-mnist" in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU error")
+def test_train_cuda_without_gpu(capsys):
+    code, _, err = run(capsys, "train", "--preset", "mobilenet_v2_proxy28", "--dataset",
+                       "synthetic", "--device", "cuda")
+    assert code == 2 and "no CUDA GPU" in err

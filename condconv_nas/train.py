@@ -1,0 +1,300 @@
+"""fit(model, data, recipe): the proxy training loop, readable top to bottom."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Dataset, Split, augment, normalize
+
+__all__ = ["FitResult", "NonFiniteLossError", "Recipe", "RecipeError", "check_batch_size", "evaluate",
+           "fit", "resolve_device"]
+
+SCHEDULES = ("cosine", "onecycle")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot train; the message names the field."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; carries where."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"non-finite loss at epoch {epoch}, step {step}: lower the learning rate "
+                         f"(--lr) or check the data")
+        self.epoch, self.step = epoch, step
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Proxy training recipe; every field can be overridden."""
+
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 0.4
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.1
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    eval_batch_size: int = 1024
+    bf16: bool | None = None           # None: on CUDA only
+    channels_last: bool = True         # measured 1.8x faster on CPU too (oneDNN depthwise)
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1"),
+            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1,
+             "an integer >= 1"),
+            ("lr", _num(self.lr) and 0 < self.lr < 100, "a number in (0, 100)"),
+            ("momentum", _num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", _num(self.weight_decay) and 0 <= self.weight_decay < 1, "in [0, 1)"),
+            ("label_smoothing", _num(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+             "in [0, 1)"),
+            ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            ("warmup_epochs", _num(self.warmup_epochs) and self.warmup_epochs >= 0, ">= 0"),
+            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "an integer"),
+            ("eval_batch_size", isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
+             "an integer >= 1"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise RecipeError(f"recipe.{name}: must be {want}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Names of the overridable fields."""
+        return [f.name for f in fields(cls)]
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class FitResult:
+    """What one training run measured."""
+
+    val_acc: float
+    test_acc: float | None
+    curve: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    peak_memory_bytes: int = 0
+    epochs_run: int = 0
+    stopped_early: bool = False
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto -> cuda when available else cpu; cuda without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RecipeError("--device cuda: no CUDA GPU is visible to torch; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise RecipeError(f"--device: must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def _cpu_threads() -> int:
+    """Threads from the environment (OMP_NUM_THREADS), else the cores this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv and linear weights only; BN parameters and biases (1-D) skip it."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    """Per-step LR multiplier: linear warm-up, then cosine or linear decay to zero."""
+    total = recipe.epochs * steps_per_epoch
+    warmup = min(int(recipe.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        if recipe.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return max(0.0, 1 - progress)
+
+    return factor
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, data: Dataset, batch_size: int = 1024,
+             bf16: bool = False, channels_last: bool = False) -> float:
+    """Top-1 accuracy on a split (no augmentation)."""
+    model.eval()
+    device = split.images.device
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, len(split), batch_size):
+        x = normalize(split.images[start : start + batch_size], data)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, bf16):
+            logits = model(x)
+        correct += (logits.argmax(1) == split.labels[start : start + batch_size]).sum()
+    return correct.item() / max(1, len(split))
+
+
+def fit(model: nn.Module, data: Dataset, recipe: Recipe,
+        on_epoch: Callable[[int, float], str | None] | None = None,
+        eval_test: bool = False, progress: bool = False) -> FitResult:
+    """Train `model` on `data` (already on its device) with `recipe`.
+
+    Args:
+        model: the network; moved to the data's device.
+        data: dataset from `load_dataset`, its tensors on the training device.
+        recipe: optimiser, schedule, epochs, batch size, seed, GPU options.
+        on_epoch: called as on_epoch(epoch, val_acc) after each epoch; returning "stop" ends
+            training there (the search's pruner uses it).
+        eval_test: also measure test accuracy at the end.
+        progress: show a progress bar per epoch on stderr.
+    """
+    device = data.train.images.device
+    cuda = device.type == "cuda"
+    bf16 = cuda if recipe.bf16 is None else recipe.bf16
+    channels_last = recipe.channels_last
+    check_batch_size(recipe, data)
+    n = len(data.train)
+    if not cuda:
+        torch.set_num_threads(_cpu_threads())
+    torch.manual_seed(recipe.seed)  # dropout and routing dropout
+    gen = torch.Generator(device=device).manual_seed(recipe.seed)
+
+    model.to(device)
+    if channels_last:
+        _to_channels_last(model)
+    step_model = torch.compile(model) if recipe.compile else model
+    opt = torch.optim.SGD(_param_groups(model, recipe.weight_decay), lr=recipe.lr,
+                          momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0)
+    steps_per_epoch = n // recipe.batch_size  # drop the ragged last batch: fixed shapes
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(recipe, steps_per_epoch))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    # Checking the loss forces a device sync: every step on CPU (free), every 25 steps on GPU.
+    check_every = 25 if cuda else 1
+
+    result = FitResult(val_acc=0.0, test_acc=None, device=str(device))
+    started = time.perf_counter()
+    train_seconds: list[float] = []
+    for epoch in range(1, recipe.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        bar = _bar(progress, steps_per_epoch, f"epoch {epoch}/{recipe.epochs}")
+        for step in range(steps_per_epoch):
+            idx = perm[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+            x = normalize(augment(data.train.images[idx], data, gen), data)
+            y = data.train.labels[idx]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, bf16):
+                logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss = loss.detach()
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+            loss_sum += loss
+            correct += (logits.detach().argmax(1) == y).sum()
+            if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                if bad_step.item() >= 0:
+                    _close(bar)
+                    raise NonFiniteLossError(epoch, int(bad_step.item()) + 1)
+                if bar is not None:
+                    seen = (step + 1) * recipe.batch_size
+                    bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}",
+                                    acc=f"{correct.item() / seen:.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+        if cuda:
+            torch.cuda.synchronize(device)
+        train_seconds.append(time.perf_counter() - t0)
+        val_acc = evaluate(model, data.val, data, recipe.eval_batch_size, bf16, channels_last)
+        seen = steps_per_epoch * recipe.batch_size
+        result.curve.append({"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch,
+                             "train_acc": correct.item() / seen, "val_acc": val_acc,
+                             "seconds": time.perf_counter() - t0})
+        if bar is not None:
+            bar.set_postfix(loss=f"{result.curve[-1]['loss']:.3f}", val_acc=f"{val_acc:.4f}",
+                            img_s=f"{seen / train_seconds[-1]:.0f}", refresh=False)
+            _close(bar)
+        result.val_acc, result.epochs_run = val_acc, epoch
+        if on_epoch is not None and on_epoch(epoch, val_acc) == "stop":
+            result.stopped_early = epoch < recipe.epochs
+            break
+
+    if eval_test and len(data.test):
+        result.test_acc = evaluate(model, data.test, data, recipe.eval_batch_size, bf16,
+                                   channels_last)
+    result.seconds = time.perf_counter() - started
+    # Steady-state throughput: the first epoch carries warm-up (and compilation) when there are more.
+    steady = train_seconds[1:] or train_seconds
+    result.images_per_s = steps_per_epoch * recipe.batch_size * len(steady) / sum(steady)
+    result.peak_memory_bytes = (torch.cuda.max_memory_allocated(device) if cuda else
+                                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return result
+
+
+def _to_channels_last(model: nn.Module) -> None:
+    """channels_last for every 4-D parameter; CondConv's 5-D expert stacks stay as they are."""
+    for p in model.parameters():
+        if p.ndim == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
+def check_batch_size(recipe: Recipe, data: Dataset) -> None:
+    """A batch must fit in the training split (the ragged last batch is dropped)."""
+    n = len(data.train)
+    if recipe.batch_size > n:
+        raise RecipeError(f"batch size {recipe.batch_size} is larger than the training split "
+                          f"({n} images); use --batch-size {max(1, n // 4)} or smaller")
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=True,
+                dynamic_ncols=True)
+
+
+def _close(bar) -> None:
+    if bar is not None:
+        bar.close()
