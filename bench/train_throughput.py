@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cond_spec = get_preset(args.preset)
     static_spec = (get_preset(args.static) if args.static else cond_spec.replace(
+        name=f"{cond_spec.name} (experts off)",
         stages=tuple(s.__class__(**{**s.__dict__, "experts": (0,)}) for s in cond_spec.stages)))
     data = synthetic_split(cond_spec, 4096, args.device)
     nets = {"condconv": cond_spec, "static": static_spec}
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'bf16 autocast' if args.device == 'cuda' else 'fp32'}, channels_last"
           f"{f', torch.compile ({args.compile})' if args.compile else ''}")
     for k, spec in nets.items():
-        print(f"{k:<9} {spec.name:<40} {madds[k] / 1e6:7.2f}M MAdds {best[k]:9.0f} img/s")
+        print(f"{k:<9} {spec.name:<50} {madds[k] / 1e6:7.2f}M MAdds {best[k]:9.0f} img/s")
     verdict = "meets" if ratio >= 0.8 * inverse else "misses"
     print(f"throughput ratio {ratio:.3f}, inverse MAdds ratio {inverse:.3f}, "
           f"ratio / inverse = {ratio / inverse:.3f} ({verdict} the 0.8 goal)")
