@@ -1,39 +1,48 @@
 #!/usr/bin/env bash
 # Every GPU check the project has, in one run; figures land in $OUT (device tool) or bench/results.
+# Usage: bash bench/gpu_check.sh [SECTION ...]   (default: all of tests layer train fmnist)
 # On a GPU machine without optuna/ptflops/plotly, carry them as wheels in .whl/ (see README);
 # Fashion-MNIST is read from .fmnist/ when present (else $CONDCONV_NAS_DATA / Debian's folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results}"
 mkdir -p "$out"
-log="$out/gpu_check.txt"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 data=(); [ -d .fmnist ] && data=(--data-dir .fmnist)
-train() { python3 -m condconv_nas.cli train --dataset fashion-mnist "${data[@]}" --device cuda \
-            --eval-test --json --no-progress "$@"; }
-{
-  echo "== device"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-  echo "== tests on CUDA (layer exactness in float64 on cuda and cpu, model, train, cli)"
+sections=("$@"); [ ${#sections[@]} -eq 0 ] && sections=(tests layer train fmnist)
+
+tests() {
+  echo "== tests on CUDA (layer exactness in float64 on cuda and cpu, model, train)"
   python3 -m pytest -q -p no:cacheprovider tests/test_layers.py tests/test_train.py \
-    tests/test_model.py 2>&1 | tail -3
-  echo "== CondConv layer bench, fp32"
-  python3 bench/condconv_layer.py --device cuda --json "$out/condconv_layer_cuda_fp32.json"
-  echo "== CondConv layer bench, bf16 autocast"
-  python3 bench/condconv_layer.py --device cuda --bf16 --json "$out/condconv_layer_cuda_bf16.json"
+    tests/test_model.py 2>&1 | tail -1
+}
+layer() {
+  for dt in fp32 bf16; do
+    echo "== CondConv layer bench, $dt"
+    python3 bench/condconv_layer.py --device cuda --min-time 0.1 $([ $dt = bf16 ] && echo --bf16) \
+      --json "$out/condconv_layer_cuda_$dt.json"
+  done
+}
+train() {
   echo "== training throughput, eager"
   python3 bench/train_throughput.py --device cuda --json "$out/train_throughput_cuda.json"
-  echo "== training throughput, torch.compile"
-  python3 bench/train_throughput.py --device cuda --compile --json "$out/train_throughput_cuda_compile.json"
   echo "== training throughput, torch.compile reduce-overhead (CUDA graphs)"
   python3 bench/train_throughput.py --device cuda --compile reduce-overhead \
     --json "$out/train_throughput_cuda_graphs.json"
+}
+fmnist() {
   echo "== Fashion-MNIST proxies, 6 epochs on the GPU"
   for p in mobilenet_v2_proxy28 efficientnet_b0_proxy28 condconv_efficientnet_b0_8e_proxy28; do
-    echo "$p $(train --preset $p --epochs 6)"
+    echo "$p $(python3 -m condconv_nas.cli train --dataset fashion-mnist "${data[@]}" \
+      --device cuda --eval-test --json --no-progress --preset $p --epochs 6)"
   done
-} 2>&1 | tee "$log"
+}
+{
+  echo "== device"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  for s in "${sections[@]}"; do "$s"; done
+} 2>&1 | tee -a "$out/gpu_check.txt"
