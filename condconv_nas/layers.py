@@ -30,17 +30,21 @@ def choose_path(device: str, batch: int, in_channels: int, out_channels: int, ke
                 groups: int, out_pixels: int, num_experts: int) -> str:
     """Fastest exact path for a conv shape, as measured by bench/condconv_layer.py.
 
-    On 30 preset shapes (CPU, 2 cores; H100, fp32 and bf16) the batched matmul wins for 1x1 convs
-    and the grouped conv for depthwise convs, with one exception on CPU: when the batch's
-    per-example kernels far exceed the cache (B*out*in >= 12M values) on a tiny map (<= 16 pixels)
-    that shrinks the channels, running all experts and mixing their small outputs is faster.
+    On the preset shapes (CPU, 2 cores; H100, fp32 and bf16) the batched matmul wins for 1x1 convs
+    and the grouped conv for depthwise convs, with two exceptions on CPU: a 1x1 conv with a small
+    kernel (in*out <= 4096 values) runs faster as a grouped conv (1.2-1.7x: the per-example
+    matmuls are too thin), and when the batch's per-example kernels far exceed the cache (B*out*in >= 12M values) on a
+    tiny map (<= 16 pixels) that shrinks the channels, running all experts is faster.
     """
     if num_experts == 1:
         return "static"
     pointwise = kernel == 1 and groups == 1
-    if (device == "cpu" and pointwise and out_pixels <= 16 and out_channels < in_channels
-            and batch * out_channels * in_channels >= 12_000_000):
-        return "experts"
+    if device == "cpu" and pointwise:
+        if in_channels * out_channels <= 4096:
+            return "grouped"
+        if (out_pixels <= 16 and out_channels < in_channels
+                and batch * out_channels * in_channels >= 12_000_000):
+            return "experts"
     return "bmm" if pointwise else "grouped"
 
 
