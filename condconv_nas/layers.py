@@ -33,8 +33,9 @@ def choose_path(device: str, batch: int, in_channels: int, out_channels: int, ke
     On the preset shapes (CPU, 2 cores; H100, fp32 and bf16) the batched matmul wins for 1x1 convs
     and the grouped conv for depthwise convs, with two exceptions on CPU: a 1x1 conv with a small
     kernel (in*out <= 4096 values) runs faster as a grouped conv (1.2-1.7x: the per-example
-    matmuls are too thin), and when the batch's per-example kernels far exceed the cache (B*out*in >= 12M values) on a
-    tiny map (<= 16 pixels) that shrinks the channels, running all experts is faster.
+    matmuls are too thin), and when the batch's per-example kernels far exceed the cache
+    (B*out*in >= 12M values) on a tiny map (<= 16 pixels) that shrinks the channels, running all
+    experts is faster.
     """
     if num_experts == 1:
         return "static"
