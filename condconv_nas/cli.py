@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .cost import CONVENTION
 from .spec import ArchSpec, SpecError
@@ -22,9 +23,12 @@ class UsageError(Exception):
 def _known_errors() -> tuple[type[Exception], ...]:
     """Error types that are the user's to fix: one line, exit code 2."""
     from .data import DataError
+    from .space import SpaceError
+    from .study import StorageError
     from .train import NonFiniteLossError, RecipeError
 
-    return (SpecError, UsageError, DataError, RecipeError, NonFiniteLossError)
+    return (SpecError, UsageError, DataError, RecipeError, NonFiniteLossError, SpaceError,
+            StorageError)
 
 
 def _spec_from_args(args: argparse.Namespace) -> ArchSpec:
@@ -135,6 +139,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run (or resume) a search study."""
+    from .study import load_study_config, run_search, with_overrides
+
+    cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
+                         storage=args.storage, sampler=args.sampler)
+    if args.sampler and args.sampler not in ("tpe", "nsga2", "random"):
+        raise UsageError(f"--sampler: must be tpe, nsga2 or random, got {args.sampler!r}")
+    if args.trials is not None and args.trials < 1:
+        raise UsageError(f"--trials: must be >= 1, got {args.trials}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: must be >= 1, got {args.workers}")
+    try:
+        run_search(cfg, print_fn=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished trials are stored, the running one is queued "
+              "again; run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    """List the studies in a storage with their trial counts by state."""
+    from .study import list_studies
+
+    url = args.storage
+    if url is None:
+        journals = sorted(Path("studies").glob("*.journal"))
+        if not journals:
+            raise UsageError("no --storage given and no studies/*.journal here")
+        rows = [dict(r, storage=str(j)) for j in journals for r in list_studies(str(j))]
+    else:
+        rows = [dict(r, storage=url) for r in list_studies(url)]
+    if args.json:
+        print(json.dumps({"studies": rows}))
+        return 0
+    states = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+    print(f"{'study':<32} {'trials':>6} " + " ".join(f"{s.lower():>8}" for s in states)
+          + "  storage")
+    for r in rows:
+        print(f"{r['name']:<32} {r['trials']:>6} " + " ".join(f"{r.get(s, 0):>8}" for s in states)
+              + f"  {r['storage']}")
+    return 0
+
+
 def _fit_spec_to_data(spec: ArchSpec, channels: int, size: int, classes: int, name: str
                       ) -> ArchSpec:
     """The spec with the dataset's input and classes, saying so when that changes it."""
@@ -189,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="run or resume a search study")
+    p.add_argument("study", metavar="studies/X.yaml")
+    p.add_argument("--trials", type=int, metavar="N", help="total trials of the study")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
+    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
+    p.add_argument("--sampler", help="tpe (default), nsga2 or random")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("studies", help="list studies and their trials by state")
+    p.add_argument("--storage", metavar="URL", help="default: every studies/*.journal")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_studies)
     return parser
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DATASETS", "DataError", "Dataset", "Split", "augment", "load_dataset", "normalize"]
+__all__ = ["DATASETS", "DataError", "Dataset", "Split", "augment", "load_dataset", "normalize", "resize"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "CONDCONV_NAS_DATA"
@@ -327,3 +327,18 @@ def augment(images: torch.Tensor, data: Dataset, generator: torch.Generator) -> 
         flip = torch.rand(b, generator=generator, device=device) < 0.5
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
     return images
+
+
+def resize(data: Dataset, size: int) -> Dataset:
+    """Every split resampled to `size` x `size` (bilinear, antialiased), for resolution search."""
+
+    def one(split: Split) -> Split:
+        if not len(split):
+            return Split(split.images[:, :, :size, :size].new_zeros(
+                (0, split.images.shape[1], size, size)), split.labels)
+        x = F.interpolate(split.images.float(), size=(size, size), mode="bilinear",
+                          antialias=True, align_corners=False)
+        return Split(x.round().clamp(0, 255).to(torch.uint8), split.labels)
+
+    return replace(data, train=one(data.train), val=one(data.val), test=one(data.test),
+                   pad=max(1, data.pad * size // data.size))

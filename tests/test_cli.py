@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,33 @@ def test_train_cuda_without_gpu(capsys):
     code, _, err = run(capsys, "train", "--preset", "mobilenet_v2_proxy28", "--dataset",
                        "synthetic", "--device", "cuda")
     assert code == 2 and "no CUDA GPU" in err
+
+
+def test_search_then_studies(tmp_path, capsys):
+    study = tmp_path / "s.yaml"
+    space = Path(__file__).parent.parent / "search_spaces" / "tiny.yaml"
+    study.write_text(f"name: s\nspace: {space}\ndataset: synthetic\ntrials: 2\n"
+                     "recipe: {epochs: 1, batch_size: 64}\n")
+    code, out, _ = run(capsys, "search", str(study))
+    assert code == 0 and out.count("\ntrial ") + out.startswith("trial ") == 2
+    code, out, _ = run(capsys, "studies", "--storage", str(tmp_path / "s.journal"), "--json")
+    row = json.loads(out)["studies"][0]
+    assert code == 0 and row["name"] == "s" and row["COMPLETE"] == 2
+
+
+@pytest.mark.parametrize("content, extra, needle", [
+    ("name: s\nspace: [\n", [], "not valid YAML"),
+    ("name: s\ndataset: synthetic\ntrials: 2\n", [], "space: is required"),
+    ("name: s\nspace: SPACE\ndataset: synthetic\ntrials: two\n", [], "trials: must be an integer"),
+    ("name: s\nspace: SPACE\ndataset: synthetic\ntrials: 2\n", ["--storage", "bogus://x"],
+     "cannot be opened"),
+    ("name: s\nspace: SPACE\ndataset: synthetic\ntrials: 2\n", ["--trials", "0"], "--trials"),
+])
+def test_search_bad_input(tmp_path, capsys, content, extra, needle):
+    space = Path(__file__).parent.parent / "search_spaces" / "tiny.yaml"
+    study = tmp_path / "s.yaml"
+    study.write_text(content.replace("SPACE", str(space)))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run(capsys, "search", str(study), *extra)
+    assert code == 2 and needle in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created

@@ -1,0 +1,484 @@
+"""Studies: config files, storage, samplers, the objective, workers, resume and early stopping."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from . import __version__
+from .cost import CONVENTION, count_cost
+from .pareto import pareto_front
+from .space import SearchSpace, SpaceError, load_space, parse_count
+from .spec import ArchSpec
+
+__all__ = ["PrunerConfig", "StorageError", "StudyConfig", "StudyError", "list_studies",
+           "load_study_config", "open_storage", "run_search"]
+
+SAMPLERS = ("tpe", "nsga2", "random")
+# TPE's `group` and Study.set_metric_names are marked experimental; both are stable in use here.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+_KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
+         "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner"}
+
+
+class StudyError(SpaceError):
+    """A study file that cannot be used; the message names file, key and reason."""
+
+
+class StorageError(Exception):
+    """A storage that cannot be opened; nothing was created."""
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Pareto-aware early stopping: stop when k cheaper-or-equal trials were better by then."""
+
+    k: int = 3
+    warmup_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a search needs, validated."""
+
+    name: str
+    space: SearchSpace
+    dataset: str
+    recipe: Any  # train.Recipe (imported lazily: torch)
+    trials: int
+    sampler: str = "tpe"
+    seed: int = 0
+    storage: str = ""
+    workers: int = 1
+    budget_madds: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    val_size: int | None = None
+    train_limit: int | None = None
+    pruner: PrunerConfig | None = None
+    path: str = ""
+
+
+def _int(source: str, key: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise StudyError(f"{source}: {key}: must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study YAML file; relative paths are relative to the file."""
+    import yaml
+
+    from .train import Recipe, RecipeError
+
+    path = Path(path)
+    src = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise StudyError(f"{src}: cannot read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise StudyError(f"{src}: not valid YAML{where} ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{src}: must be a mapping with keys {', '.join(sorted(_KEYS))}")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise StudyError(f"{src}: {unknown[0]}: unknown key (known: {', '.join(sorted(_KEYS))})")
+    for key in ("name", "space", "dataset", "trials"):
+        if key not in data:
+            raise StudyError(f"{src}: {key}: is required")
+    name = data["name"]
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise StudyError(f"{src}: name: must be letters, digits, '-', '_' or '.', got {name!r}")
+    if not isinstance(data["space"], str):
+        raise StudyError(f"{src}: space: must be a path to a space file, got {data['space']!r}")
+    space = load_space(_relative(path, data["space"]))
+    if not isinstance(data["dataset"], str):
+        raise StudyError(f"{src}: dataset: must be a dataset name, got {data['dataset']!r}")
+    recipe_data = data.get("recipe") or {}
+    if not isinstance(recipe_data, dict):
+        raise StudyError(f"{src}: recipe: must be a mapping of recipe fields")
+    bad = sorted(set(recipe_data) - set(Recipe.field_names()))
+    if bad:
+        raise StudyError(f"{src}: recipe.{bad[0]}: unknown key (known: "
+                         f"{', '.join(Recipe.field_names())})")
+    try:
+        recipe = Recipe(**recipe_data)
+    except RecipeError as err:
+        raise StudyError(f"{src}: {err}") from None
+    sampler = data.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise StudyError(f"{src}: sampler: must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    budget = space.budget_madds
+    if data.get("budget_madds") is not None:
+        budget = parse_count(data["budget_madds"])
+        if budget is None or budget <= 0:
+            raise StudyError(f"{src}: budget_madds: must be a positive count like 8M, "
+                             f"got {data['budget_madds']!r}")
+    pruner = None
+    if data.get("pruner") is not None:
+        p = data["pruner"]
+        if not isinstance(p, dict) or set(p) - {"k", "warmup_epochs"}:
+            raise StudyError(f"{src}: pruner: must be a mapping with k and warmup_epochs")
+        pruner = PrunerConfig(k=_int(src, "pruner.k", p.get("k", 3), 1),
+                              warmup_epochs=_int(src, "pruner.warmup_epochs",
+                                                 p.get("warmup_epochs", 1), 0))
+    storage = data.get("storage")
+    if storage is not None and not isinstance(storage, str):
+        raise StudyError(f"{src}: storage: must be a URL or a file path, got {storage!r}")
+    if not storage:
+        storage = str(path.parent / f"{name}.journal")
+    elif "://" not in storage:
+        storage = str(_relative(path, storage))
+    device = data.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise StudyError(f"{src}: device: must be auto, cpu or cuda, got {device!r}")
+    data_dir = data.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise StudyError(f"{src}: data_dir: must be a path, got {data_dir!r}")
+    dataset = data["dataset"]
+    if dataset.startswith("npz:"):
+        dataset = "npz:" + str(_relative(path, dataset[4:]))
+    return StudyConfig(
+        name=name, space=space, dataset=dataset, recipe=recipe,
+        trials=_int(src, "trials", data["trials"], 1), sampler=sampler,
+        seed=_int(src, "seed", data.get("seed", 0), 0), storage=storage,
+        workers=_int(src, "workers", data.get("workers", 1), 1), budget_madds=budget,
+        device=device, data_dir=str(_relative(path, data_dir)) if data_dir else None,
+        val_size=None if data.get("val_size") is None else _int(src, "val_size", data["val_size"], 1),
+        train_limit=(None if data.get("train_limit") is None
+                     else _int(src, "train_limit", data["train_limit"], 1)),
+        pruner=pruner, path=src)
+
+
+def _relative(study_file: Path, target: str) -> Path:
+    p = Path(target).expanduser()
+    return p if p.is_absolute() else study_file.parent / p
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """A journal file (a plain path, safe for local worker processes) or any Optuna storage URL."""
+    if "://" not in url:
+        folder = Path(url).parent
+        if not folder.is_dir():
+            raise StorageError(f"storage {url}: folder {folder} does not exist")
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        lock = JournalFileOpenLock(url)  # works on filesystems without symlinks too
+        return optuna.storages.JournalStorage(JournalFileBackend(url, lock_obj=lock))
+    if url.startswith("sqlite:///"):
+        file = Path(url[len("sqlite:///"):])
+        if file.name and not file.parent.is_dir():
+            raise StorageError(f"storage {url}: folder {file.parent} does not exist")
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
+                                          failed_trial_callback=optuna.storages.
+                                          RetryFailedTrialCallback(max_retry=1))
+    except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot open"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StorageError(f"storage {url}: cannot be opened ({reason[:160]})") from None
+
+
+def list_studies(url: str) -> list[dict]:
+    """Studies in a storage with their trial counts by state."""
+    storage = open_storage(url)
+    out = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        counts: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        out.append({"name": summary.study_name, "trials": sum(counts.values()), **counts})
+    return out
+
+
+# --- samplers and objective ---------------------------------------------------------------------
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """tpe (multivariate, grouped for the conditional space), nsga2, or random (the control)."""
+    if name == "tpe":
+        # Constraints reach the samplers through Trial.set_constraint (Optuna 5).
+        return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed,
+                                          n_startup_trials=min(10, max(2, trials // 4)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed,
+                                             population_size=max(4, min(50, trials // 4)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def arch_key(spec: ArchSpec) -> str:
+    """Identity of an architecture: the spec without its name."""
+    data = spec.to_dict()
+    data.pop("name")
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    return {"condconv_nas": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
+            "python": sys.version.split()[0]}
+
+
+def _feasible_done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not t.user_attrs.get("infeasible")]
+
+
+class Objective:
+    """Sample, count, skip over-budget, reuse duplicates, train, and record a trial."""
+
+    def __init__(self, cfg: StudyConfig, data, device) -> None:
+        self.cfg, self.data, self.device = cfg, data, device
+        self.versions = _versions()
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, float]:
+        import torch
+
+        from .data import resize
+        from .model import build_model
+        from .train import fit
+
+        cfg, data = self.cfg, self.data
+        spec = cfg.space.sample(trial)
+        spec = spec.replace(in_channels=data.in_channels, num_classes=data.num_classes,
+                            input_size=spec.input_size if cfg.space.resolution else data.size)
+        cost = count_cost(spec)
+        key = arch_key(spec)
+        attrs = {"spec": spec.to_dict(), "arch_key": key, "madds": cost.madds,
+                 "params": cost.params, "constraint": [float(cost.madds - cfg.budget_madds)],
+                 "device": str(self.device), "versions": self.versions, "worker": self.worker,
+                 "madds_convention": CONVENTION}
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_constraint("madds_over_budget", float(cost.madds - cfg.budget_madds))
+        if cost.madds > cfg.budget_madds:  # constrained out before any training
+            trial.set_user_attr("infeasible", True)
+            return 0.0, float(cost.madds)
+        for done in _feasible_done(study):
+            if done.user_attrs.get("arch_key") == key:
+                for k in ("curve", "seconds", "images_per_s", "val_acc"):
+                    if k in done.user_attrs:
+                        trial.set_user_attr(k, done.user_attrs[k])
+                trial.set_user_attr("reused_from", done.number)
+                return float(done.values[0]), float(cost.madds)
+        run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
+        torch.manual_seed(cfg.seed)
+        model = build_model(spec)
+        curve: list[dict] = []
+
+        def on_epoch(epoch: int, val_acc: float) -> str | None:
+            curve.append({"epoch": epoch, "val_acc": val_acc})
+            trial.set_user_attr("curve", curve)
+            if cfg.pruner and should_prune(study, cost.madds, epoch, val_acc, cfg.pruner):
+                return "stop"
+            return None
+
+        result = fit(model, run_data, cfg.recipe, on_epoch=on_epoch)
+        for k, v in (("curve", result.curve), ("seconds", result.seconds),
+                     ("images_per_s", result.images_per_s), ("val_acc", result.val_acc),
+                     ("epochs_run", result.epochs_run)):
+            trial.set_user_attr(k, v)
+        if result.stopped_early:
+            raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
+        return result.val_acc, float(cost.madds)
+
+
+def should_prune(study: optuna.Study, madds: int, epoch: int, val_acc: float,
+                 pruner: PrunerConfig) -> bool:
+    """True when >= k finished trials with MAdds <= ours had a higher val accuracy at this epoch."""
+    if epoch <= pruner.warmup_epochs:
+        return False
+    better = 0
+    for t in _feasible_done(study):
+        curve = t.user_attrs.get("curve") or []
+        if t.user_attrs.get("madds", float("inf")) <= madds and len(curve) >= epoch:
+            better += curve[epoch - 1]["val_acc"] > val_acc
+    return better >= pruner.k
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _claim_lock(storage_url: str) -> Iterator[None]:
+    """Serialise 'count, then ask' across local processes so the trial budget is never exceeded."""
+    if "://" in storage_url and not storage_url.startswith("sqlite:///"):
+        yield  # remote storages: see the worker docs (a heartbeat retries stale trials)
+        return
+    target = storage_url[len("sqlite:///"):] if "://" in storage_url else storage_url
+    with open(f"{target}.claim.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _counted(t: optuna.trial.FrozenTrial) -> bool:
+    """Trials that use the budget: all but queued ones and interrupted ones queued again."""
+    return t.state != TrialState.WAITING and not t.user_attrs.get("stale")
+
+
+def _requeue_stale(study: optuna.Study) -> int:
+    """RUNNING trials of dead local workers -> FAIL, their parameters queued again (once)."""
+    host = socket.gethostname()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        w_host, _, pid = worker.rpartition(":")
+        if w_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        _fail_and_requeue(study, t, "its worker process died")
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fail_and_requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str) -> None:
+    storage = study._storage
+    storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+    storage.set_trial_user_attr(t._trial_id, "stale", True)
+    storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    if "retry_of" not in t.user_attrs:  # queued again once, never twice
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+
+
+def _claim(study: optuna.Study, cfg: StudyConfig) -> optuna.Trial | None:
+    with _claim_lock(cfg.storage):
+        if sum(_counted(t) for t in study.get_trials(deepcopy=False)) >= cfg.trials:
+            return None
+        return study.ask()
+
+
+def _front_size(study: optuna.Study) -> int:
+    done = [t for t in _feasible_done(study) if "reused_from" not in t.user_attrs]
+    return len(pareto_front([(t.values[0], t.values[1]) for t in done]))
+
+
+def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
+               print_fn: Callable[[str], None] = print) -> int:
+    """One worker: claim trials until the study's budget is used; returns trials it finished."""
+    from .data import load_dataset
+    from .train import NonFiniteLossError, resolve_device
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = resolve_device(cfg.device)
+    storage = open_storage(cfg.storage)
+    study = optuna.load_study(study_name=cfg.name, storage=storage,
+                              sampler=make_sampler(cfg.sampler, cfg.seed + index, cfg.trials))
+    data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
+                        train_limit=cfg.train_limit, device=device)
+    objective = Objective(cfg, data, device)
+    finished = 0
+    while (trial := _claim(study, cfg)) is not None:
+        t0 = time.perf_counter()
+        state, values, note = TrialState.COMPLETE, None, ""
+        try:
+            values = objective(study, trial)
+        except optuna.TrialPruned as err:
+            state, note = TrialState.PRUNED, str(err)
+        except KeyboardInterrupt:
+            frozen = study._storage.get_trial(trial._trial_id)
+            _fail_and_requeue(study, frozen, "interrupted (Ctrl-C); queued to run again")
+            raise
+        except (NonFiniteLossError, RuntimeError, ValueError, MemoryError) as err:
+            state, note = TrialState.FAIL, f"{type(err).__name__}: {err}"
+            trial.set_user_attr("fail_reason", note[:500])
+        if state == TrialState.COMPLETE:
+            study.tell(trial, values)
+        else:
+            study.tell(trial, state=state)
+        finished += 1
+        frozen = study._storage.get_trial(trial._trial_id)
+        attrs = frozen.user_attrs
+        acc = ("over budget" if attrs.get("infeasible") else
+               f"acc {frozen.values[0]:.4f}" if frozen.values else
+               f"acc {attrs['curve'][-1]['val_acc']:.4f}" if attrs.get("curve") else "acc -")
+        reused = f" (same as #{attrs['reused_from']})" if "reused_from" in attrs else ""
+        print_fn(f"trial {trial.number:4d}  {attrs.get('madds', 0) / 1e6:8.2f}M MAdds  {acc}  "
+                 f"{state.name.lower()}{reused}  {time.perf_counter() - t0:6.1f}s  "
+                 f"front {_front_size(study)}" + (f"  [{note[:120]}]" if note else ""))
+    return finished
+
+
+def _worker_entry(cfg: StudyConfig, index: int, workers: int, env: dict[str, str]) -> int:
+    os.environ.update(env)  # before torch is imported in this process
+    return run_worker(cfg, index, workers, print_fn=lambda s: print(s, flush=True))
+
+
+def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
+    """Create or resume the study, then run its workers to the total trial budget."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(cfg.storage)
+    study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
+                                directions=["maximize", "minimize"])
+    study.set_metric_names(["val_acc", "madds"])
+    stale = _requeue_stale(study)
+    if stale:
+        print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
+    done = sum(_counted(t) for t in study.get_trials(deepcopy=False))
+    if done >= cfg.trials:
+        print_fn(f"study {cfg.name} already has {done} of {cfg.trials} trials; nothing to do "
+                 f"(raise --trials to go on)")
+        return {"ran": 0}
+    print_fn(f"study {cfg.name}: {done} of {cfg.trials} trials done; storage {cfg.storage}; "
+             f"{cfg.workers} worker(s); sampler {cfg.sampler}; budget {cfg.budget_madds:,} MAdds")
+    if cfg.workers == 1:
+        return {"ran": run_worker(cfg, 0, 1, print_fn)}
+    from joblib import Parallel, delayed
+
+    envs = _worker_envs(cfg)
+    ran = Parallel(n_jobs=cfg.workers, backend="loky")(
+        delayed(_worker_entry)(cfg, i, cfg.workers, envs[i]) for i in range(cfg.workers))
+    return {"ran": sum(ran)}
+
+
+def _worker_envs(cfg: StudyConfig) -> list[dict[str, str]]:
+    """One GPU per worker when there are GPUs, else the CPU threads split between workers."""
+    gpus = 0
+    if cfg.device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i in range(cfg.workers)]
+    threads = max(1, len(os.sched_getaffinity(0)) // cfg.workers)
+    return [{"OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+            for _ in range(cfg.workers)]
+
+
+def with_overrides(cfg: StudyConfig, **changes: Any) -> StudyConfig:
+    """The config with CLI overrides applied (None leaves a field as it is)."""
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,176 @@
+"""Studies end to end on synthetic data: budget, resume, constraints, reuse, failures, workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from condconv_nas.space import SpaceError
+from condconv_nas.study import (
+    PrunerConfig,
+    StorageError,
+    load_study_config,
+    open_storage,
+    run_search,
+    should_prune,
+)
+
+ROOT = Path(__file__).parent.parent
+
+
+def write_study(tmp_path, **kw) -> Path:
+    data = {"name": "t", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
+            "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 3, "seed": 0}
+    data.update(kw)
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def load(path) -> optuna.Study:
+    cfg = load_study_config(path)
+    return optuna.load_study(study_name=cfg.name, storage=open_storage(cfg.storage))
+
+
+def test_search_resumes_to_the_total_and_never_past(tmp_path):
+    path = write_study(tmp_path, trials=2)
+    lines = []
+    run_search(load_study_config(path), print_fn=lines.append)
+    assert len(load(path).trials) == 2 and sum(line.startswith("trial") for line in lines) == 2
+    run_search(load_study_config(path), print_fn=lines.append)  # already done: nothing
+    assert len(load(path).trials) == 2
+    path = write_study(tmp_path, trials=4)
+    run_search(load_study_config(path), print_fn=lines.append)
+    study = load(path)
+    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    t = study.trials[0]
+    assert {"spec", "madds", "params", "curve", "seconds", "images_per_s", "versions",
+            "device"} <= set(t.user_attrs)
+    assert t.values[1] == t.user_attrs["madds"]
+
+
+def test_over_budget_is_infeasible_and_untrained(tmp_path):
+    path = write_study(tmp_path, budget_madds=1000, trials=3)
+    run_search(load_study_config(path), print_fn=lambda s: None)
+    for t in load(path).trials:
+        assert t.state == TrialState.COMPLETE and t.user_attrs["infeasible"]
+        assert "curve" not in t.user_attrs  # never trained
+        assert t.system_attrs["constraints"][0] > 0 if "constraints" in t.system_attrs else True
+        assert t.user_attrs["constraint"][0] == t.user_attrs["madds"] - 1000
+
+
+def test_same_architecture_is_not_trained_twice(tmp_path):
+    path = write_study(tmp_path, trials=2)
+    cfg = load_study_config(path)
+    study = optuna.create_study(study_name="t", storage=open_storage(cfg.storage),
+                                directions=["maximize", "minimize"])
+    params = {"s5_depth": 1, "s5_b1_experts": 2, "s6_width": 1.0, "s6_b1_experts": 0,
+              "s6_b2_experts": 4}
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)
+    run_search(cfg, print_fn=lambda s: None)
+    a, b = load(path).trials
+    assert b.user_attrs["reused_from"] == a.number and b.values == a.values
+
+
+def test_stale_running_trial_is_failed_and_queued_once(tmp_path):
+    path = write_study(tmp_path, trials=2)
+    cfg = load_study_config(path)
+    study = optuna.create_study(study_name="t", storage=open_storage(cfg.storage),
+                                directions=["maximize", "minimize"])
+    dead = study.ask({"s5_depth": optuna.distributions.IntDistribution(1, 2)})
+    dead.set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 12345}")  # no such pid
+    lines = []
+    run_search(cfg, print_fn=lines.append)
+    trials = load(path).trials
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["stale"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].params["s5_depth"] == dead.params["s5_depth"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert "queued again" in lines[0]
+
+
+def test_failing_trial_keeps_its_reason_and_the_study_goes_on(tmp_path, monkeypatch):
+    import condconv_nas.train as train
+
+    errors = iter([train.NonFiniteLossError(1, 3), RuntimeError("CUDA out of memory")])
+
+    def failing_fit(*args, **kwargs):
+        raise next(errors)
+
+    monkeypatch.setattr(train, "fit", failing_fit)
+    path = write_study(tmp_path, trials=2)
+    run_search(load_study_config(path), print_fn=lambda s: None)
+    trials = load(path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert "non-finite loss at epoch 1, step 3" in trials[0].user_attrs["fail_reason"]
+    assert "out of memory" in trials[1].user_attrs["fail_reason"]
+
+
+def test_pruner_counts_cheaper_trials_that_were_better(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, madds in ((0.8, 10), (0.7, 10), (0.9, 50)):
+        study.add_trial(optuna.trial.create_trial(
+            values=[acc, madds], user_attrs={"madds": madds, "curve": [
+                {"epoch": 1, "val_acc": acc - 0.1}, {"epoch": 2, "val_acc": acc}]}))
+    cfg = PrunerConfig(k=2, warmup_epochs=1)
+    assert should_prune(study, 20, 2, 0.65, cfg)       # two cheaper trials were better
+    assert not should_prune(study, 20, 2, 0.75, cfg)   # only one was
+    assert not should_prune(study, 5, 2, 0.1, cfg)     # none is as cheap
+    assert not should_prune(study, 20, 1, 0.0, cfg)    # still warming up
+
+
+def test_pruned_trial_is_recorded_with_its_curve(tmp_path):
+    path = write_study(tmp_path, trials=4, pruner={"k": 1, "warmup_epochs": 0},
+                       recipe={"epochs": 2, "batch_size": 64, "lr": 0.2})
+    run_search(load_study_config(path), print_fn=lambda s: None)
+    trials = load(path).trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    for t in pruned:
+        assert t.user_attrs["curve"] and t.user_attrs["epochs_run"] < 2
+    assert len(trials) == 4
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_the_study(tmp_path):
+    path = write_study(tmp_path, trials=4, workers=2)
+    run_search(load_study_config(path), print_fn=lambda s: None)
+    trials = load(path).trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert len({t.number for t in trials}) == 4
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"sampler": "grid"}, "sampler: must be one of"),
+    ({"trials": 0}, "trials: must be an integer >= 1"),
+    ({"colour": 1}, "colour: unknown key"),
+    ({"recipe": {"epochz": 1}}, "recipe.epochz: unknown key"),
+    ({"recipe": {"epochs": -1}}, "recipe.epochs"),
+    ({"space": "nowhere.yaml"}, "cannot read"),
+    ({"budget_madds": -3}, "budget_madds"),
+    ({"name": "a b"}, "name: must be"),
+    ({"pruner": {"k": 0}}, "pruner.k"),
+])
+def test_study_file_errors(tmp_path, change, needle):
+    with pytest.raises(SpaceError) as err:  # StudyError is a SpaceError; a space file's own too
+        load_study_config(write_study(tmp_path, **change))
+    assert needle in str(err.value)
+
+
+def test_bad_storage_creates_nothing(tmp_path):
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage(str(tmp_path / "missing" / "x.journal"))
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage(f"sqlite:///{tmp_path}/missing/x.db")
+    with pytest.raises(StorageError, match="cannot be opened"):
+        open_storage("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(StorageError, match="cannot be opened"):
+        open_storage("nosuchdb://x")
+    assert os.listdir(tmp_path) == []
