@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,6 +152,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError(f"--trials: must be >= 1, got {args.trials}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers: must be >= 1, got {args.workers}")
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # schedulers stop jobs with SIGTERM
     try:
         run_search(cfg, print_fn=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
@@ -158,6 +160,10 @@ def cmd_search(args: argparse.Namespace) -> int:
               "again; run the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def cmd_studies(args: argparse.Namespace) -> int:

@@ -8,8 +8,10 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -375,11 +377,31 @@ def _fail_and_requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: 
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
 
 
-def _claim(study: optuna.Study, cfg: StudyConfig) -> optuna.Trial | None:
-    with _claim_lock(cfg.storage):
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM until the block ends, so a trial is never half claimed or half told."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+             for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def _claim(study: optuna.Study, cfg: StudyConfig, worker: str) -> optuna.Trial | None:
+    with _deferred_interrupt(), _claim_lock(cfg.storage):
         if sum(_counted(t) for t in study.get_trials(deepcopy=False)) >= cfg.trials:
             return None
-        return study.ask()
+        trial = study.ask()
+        trial.set_user_attr("worker", worker)  # lets a later run tell whether its owner died
+        return trial
 
 
 def _front_size(study: optuna.Study) -> int:
@@ -402,7 +424,7 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
                         train_limit=cfg.train_limit, device=device)
     objective = Objective(cfg, data, device)
     finished = 0
-    while (trial := _claim(study, cfg)) is not None:
+    while (trial := _claim(study, cfg, objective.worker)) is not None:
         t0 = time.perf_counter()
         state, values, note = TrialState.COMPLETE, None, ""
         try:
@@ -410,16 +432,18 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
         except optuna.TrialPruned as err:
             state, note = TrialState.PRUNED, str(err)
         except KeyboardInterrupt:
-            frozen = study._storage.get_trial(trial._trial_id)
-            _fail_and_requeue(study, frozen, "interrupted (Ctrl-C); queued to run again")
+            with _deferred_interrupt():
+                frozen = study._storage.get_trial(trial._trial_id)
+                _fail_and_requeue(study, frozen, "interrupted (Ctrl-C); queued to run again")
             raise
         except (NonFiniteLossError, RuntimeError, ValueError, MemoryError) as err:
             state, note = TrialState.FAIL, f"{type(err).__name__}: {err}"
             trial.set_user_attr("fail_reason", note[:500])
-        if state == TrialState.COMPLETE:
-            study.tell(trial, values)
-        else:
-            study.tell(trial, state=state)
+        with _deferred_interrupt():
+            if state == TrialState.COMPLETE:
+                study.tell(trial, values)
+            else:
+                study.tell(trial, state=state)
         finished += 1
         frozen = study._storage.get_trial(trial._trial_id)
         attrs = frozen.user_attrs

@@ -164,3 +164,39 @@ def test_search_bad_input(tmp_path, capsys, content, extra, needle):
     code, _, err = run(capsys, "search", str(study), *extra)
     assert code == 2 and needle in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
+    import signal
+
+    space = Path(__file__).parent.parent / "search_spaces" / "tiny.yaml"
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nspace: {space}\ndataset: synthetic\ntrials: 4\n"
+                     "recipe: {epochs: 4, batch_size: 64}\n")
+    cmd = [sys.executable, "-m", "condconv_nas.cli", "search", str(study)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait for one finished trial, then stop mid-way through the next
+        if line.startswith("trial "):
+            break
+    import time
+
+    time.sleep(1.0)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "run the same command" in err
+    import optuna
+
+    from condconv_nas.study import open_storage
+
+    trials = optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "s.journal"))
+                               ).get_trials()
+    assert trials[0].state.name == "COMPLETE"
+    assert trials[1].state.name == "FAIL" and trials[1].user_attrs["stale"]
+    assert trials[2].state.name == "WAITING" and trials[2].user_attrs["retry_of"] == 1
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0
+    trials = optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "s.journal"))
+                               ).get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 4
+    assert trials[2].state.name == "COMPLETE" and trials[2].params == trials[1].params
