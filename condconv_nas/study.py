@@ -193,9 +193,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         if file.name and not file.parent.is_dir():
             raise StorageError(f"storage {url}: folder {file.parent} does not exist")
     try:
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
         return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
-                                          failed_trial_callback=optuna.storages.
-                                          RetryFailedTrialCallback(max_retry=1))
+                                          heartbeat_stale_trial_callback=retry)
     except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot open"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StorageError(f"storage {url}: cannot be opened ({reason[:160]})") from None

@@ -175,7 +175,10 @@ def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
     study.write_text(f"name: s\nspace: {space}\ndataset: synthetic\ntrials: 4\n"
                      "recipe: {epochs: 4, batch_size: 64}\n")
     cmd = [sys.executable, "-m", "condconv_nas.cli", "search", str(study)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that started the tests in the background ignores SIGINT, and children inherit that:
+    # give the search the default handler, as a terminal would.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # wait for one finished trial, then stop mid-way through the next
         if line.startswith("trial "):
             break
