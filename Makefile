@@ -20,8 +20,11 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# Until the quickstart study lands: the preset cost table and a seconds-long search on synthetic data.
 demo: $(STAMP)
 	$(VENV)/bin/condconv-nas presets
+	$(VENV)/bin/condconv-nas search studies/tiny.yaml
+	$(VENV)/bin/condconv-nas studies
 
 test: $(STAMP)
 	$(PY) -m pytest -q
