@@ -25,7 +25,8 @@ from typing import Any, Protocol
 from .presets import get_preset
 from .spec import ArchSpec, SpecError, scale_width
 
-__all__ = ["SearchSpace", "SpaceError", "StageChoice", "TrialLike", "load_space", "parse_count"]
+__all__ = ["SearchSpace", "SpaceError", "StageChoice", "TrialLike", "load_space", "parse_count",
+           "read_yaml"]
 
 
 class SpaceError(ValueError):
@@ -213,20 +214,23 @@ def _stage_choice(source: str, base: ArchSpec, index: int, data: Any) -> StageCh
     return StageChoice(stage=stage, experts=experts, width=width, depth=depth)
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a space YAML file."""
+def read_yaml(path: str | Path, error: type[Exception] = SpaceError) -> Any:
+    """Parse a YAML file; unreadable or malformed files raise `error` naming file and line."""
     import yaml
 
-    path = Path(path)
     try:
-        text = path.read_text()
+        text = Path(path).read_text()
     except OSError as err:
-        raise SpaceError(f"{path}: cannot read ({err.strerror})") from None
+        raise error(f"{path}: cannot read ({err.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpaceError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', err)})") from None
-    return space_from_dict(data, str(path))
+        raise error(f"{path}: not valid YAML{where} ({getattr(err, 'problem', err)})") from None
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a space YAML file."""
+    return space_from_dict(read_yaml(path), str(path))
 

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from . import __version__
 from .cost import CONVENTION, count_cost
 from .pareto import pareto_front
-from .space import SearchSpace, SpaceError, load_space, parse_count
+from .space import SearchSpace, SpaceError, load_space, parse_count, read_yaml
 from .spec import ArchSpec
 
 __all__ = ["PrunerConfig", "StorageError", "StudyConfig", "StudyError", "list_studies",
@@ -84,20 +84,11 @@ def _int(source: str, key: str, value: Any, low: int) -> int:
 
 def load_study_config(path: str | Path) -> StudyConfig:
     """Read and validate a study YAML file; relative paths are relative to the file."""
-    import yaml
-
     from .train import Recipe, RecipeError
 
     path = Path(path)
     src = str(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise StudyError(f"{src}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise StudyError(f"{src}: not valid YAML{where} ({getattr(err, 'problem', err)})") from None
+    data = read_yaml(path, StudyError)
     if not isinstance(data, dict):
         raise StudyError(f"{src}: must be a mapping with keys {', '.join(sorted(_KEYS))}")
     unknown = sorted(set(data) - _KEYS)

@@ -174,3 +174,10 @@ def test_bad_storage_creates_nothing(tmp_path):
     with pytest.raises(StorageError, match="cannot be opened"):
         open_storage("nosuchdb://x")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_loads(path):
+    cfg = load_study_config(path)
+    assert cfg.trials >= 1 and cfg.budget_madds > 0
+    assert cfg.storage.endswith(f"{cfg.name}.journal")
