@@ -193,12 +193,11 @@ def cmd_studies(args: argparse.Namespace) -> int:
 def _fit_spec_to_data(spec: ArchSpec, channels: int, size: int, classes: int, name: str
                       ) -> ArchSpec:
     """The spec with the dataset's input and classes, saying so when that changes it."""
-    changes = {k: v for k, v in (("in_channels", channels), ("input_size", size),
-                                 ("num_classes", classes)) if getattr(spec, k) != v}
-    if changes:
+    fitted = spec.for_input(channels, size, classes)
+    if fitted != spec:
         print(f"note: {spec.name} set to {channels}x{size}x{size} input and {classes} classes "
               f"to match {name}", file=sys.stderr)
-    return spec.replace(**changes)
+    return fitted
 
 
 def _add_arch_source(p: argparse.ArgumentParser) -> None:

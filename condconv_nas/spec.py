@@ -254,6 +254,12 @@ class ArchSpec:
         """A copy with fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
+    def for_input(self, in_channels: int, input_size: int, num_classes: int) -> ArchSpec:
+        """The spec for a dataset's images and classes (itself when they already match)."""
+        changes = {k: v for k, v in (("in_channels", in_channels), ("input_size", input_size),
+                                     ("num_classes", num_classes)) if getattr(self, k) != v}
+        return self.replace(**changes) if changes else self
+
     # --- JSON ----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

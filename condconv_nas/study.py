@@ -277,8 +277,9 @@ class Objective:
 
         cfg, data = self.cfg, self.data
         spec = cfg.space.sample(trial)
-        spec = spec.replace(in_channels=data.in_channels, num_classes=data.num_classes,
-                            input_size=spec.input_size if cfg.space.resolution else data.size)
+        spec = spec.for_input(data.in_channels,
+                              spec.input_size if cfg.space.resolution else data.size,
+                              data.num_classes)
         cost = count_cost(spec)
         key = arch_key(spec)
         # Each attribute is one synced storage write: keep the list short (the convention and
