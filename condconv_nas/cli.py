@@ -24,12 +24,13 @@ class UsageError(Exception):
 def _known_errors() -> tuple[type[Exception], ...]:
     """Error types that are the user's to fix: one line, exit code 2."""
     from .data import DataError
+    from .report import ReportError
     from .space import SpaceError
     from .study import StorageError
     from .train import NonFiniteLossError, RecipeError
 
     return (SpecError, UsageError, DataError, RecipeError, NonFiniteLossError, SpaceError,
-            StorageError)
+            StorageError, ReportError)
 
 
 def _spec_from_args(args: argparse.Namespace) -> ArchSpec:
@@ -140,25 +141,87 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    """Run (or resume) a search study."""
-    from .study import load_study_config, run_search, with_overrides
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
 
-    cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
-                         storage=args.storage, sampler=args.sampler)
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run (or resume) a search study, or with --control its random-sampler sibling X.random."""
+    from .study import control_study_config, load_study_config, run_search, with_overrides
+
     if args.sampler and args.sampler not in ("tpe", "nsga2", "random"):
         raise UsageError(f"--sampler: must be tpe, nsga2 or random, got {args.sampler!r}")
-    if args.trials is not None and args.trials < 1:
-        raise UsageError(f"--trials: must be >= 1, got {args.trials}")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers: must be >= 1, got {args.workers}")
+    if args.control and args.sampler:
+        raise UsageError("--control always uses the random sampler; drop --sampler")
+    _positive(args, "trials", "workers")
+    cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
+                         storage=args.storage, sampler=args.sampler)
+    if args.control:
+        cfg = control_study_config(cfg)
+    return _run_interruptible(lambda: run_search(cfg, print_fn=lambda s: print(s, flush=True)))
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    """Train the width, depth, compound and experts baselines into the sibling study X.baseline."""
+    import dataclasses
+
+    from .baselines import FAMILIES
+    from .study import load_study_config, run_baselines, with_overrides
+
+    _positive(args, "points", "seeds", "workers")
+    cfg = with_overrides(load_study_config(args.study), workers=args.workers, storage=args.storage)
+    changes = {"points": args.points, "seeds": args.seeds}
+    if args.families:
+        families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+        bad = [f for f in families if f not in FAMILIES]
+        if bad or not families:
+            raise UsageError(f"--families: {bad[0] if bad else 'empty'!r} is not a family; "
+                             f"choose from {', '.join(FAMILIES)}")
+        changes["families"] = tuple(dict.fromkeys(families))
+    settings = dataclasses.replace(cfg.baselines,
+                                   **{k: v for k, v in changes.items() if v is not None})
+    cfg = dataclasses.replace(cfg, baselines=settings)
+    return _run_interruptible(lambda: run_baselines(cfg, print_fn=lambda s: print(s, flush=True)))
+
+
+def _run_interruptible(run) -> int:
+    """Run a study; Ctrl-C or SIGTERM stops it with exit 130, stored trials kept."""
     signal.signal(signal.SIGTERM, _raise_interrupt)  # schedulers stop jobs with SIGTERM
     try:
-        run_search(cfg, print_fn=lambda line: print(line, flush=True))
+        run()
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished trials are stored, the running one is queued "
               "again; run the same command to resume", file=sys.stderr)
         return 130
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the Pareto report of a study (search, control, baselines) as HTML plus CSV."""
+    from .report import write_report
+    from .results import load_results
+    from .study import load_study_config, open_storage, with_overrides
+
+    cfg = with_overrides(load_study_config(args.study), storage=args.storage)
+    storage = open_storage(cfg.storage)
+    try:
+        results = load_results(storage, cfg.name, cfg.storage)
+    except LookupError as err:
+        raise UsageError(str(err).strip("'\"")) from None
+    out = Path(args.output) if args.output else Path("reports") / f"{cfg.name}.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"-o {out}: the report is an HTML file; give a name ending in .html")
+    paths = write_report(results, out)
+    if args.json:
+        print(json.dumps({k: str(v) for k, v in paths.items()}))
+    else:
+        done = results.finished
+        counts = ", ".join(f"{f} {n}" for f, n in done.family.value_counts().items())
+        print(f"report: {paths['html']} ({counts} finished trials)")
+        print(f"csv: {paths['trials_csv']}, {paths['fronts_csv']}")
     return 0
 
 
@@ -250,7 +313,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
     p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
     p.add_argument("--sampler", help="tpe (default), nsga2 or random")
+    p.add_argument("--control", action="store_true",
+                   help="run the random-sampler control into the sibling study X.random")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("baselines", help="train width/depth/compound/experts baselines of a study",
+                       description="Train the study's base network, CondConv off, scaled by "
+                       "width, depth, compound (EfficientNet) and uniform expert counts over the "
+                       "search's MAdds range, with the study's recipe, split and seeds, into the "
+                       "sibling study X.baseline. Re-running resumes.")
+    p.add_argument("study", metavar="studies/X.yaml")
+    p.add_argument("--families", metavar="LIST", help="comma-separated subset of width,depth,"
+                   "compound,experts (default: the study file's, else all)")
+    p.add_argument("--points", type=int, metavar="N", help="grid points per scaling family "
+                   "(default 5)")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds per point (default 2)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
+    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
+    p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("report", help="write the Pareto report (HTML + CSV) of a study")
+    p.add_argument("study", metavar="studies/X.yaml")
+    p.add_argument("-o", "--output", metavar="FILE.html", help="default reports/<name>.html")
+    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("studies", help="list studies and their trials by state")
     p.add_argument("--storage", metavar="URL", help="default: every studies/*.journal")

@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from . import __version__
+from .baselines import FAMILIES, baseline_grid
 from .cost import CONVENTION, count_cost
 from .pareto import pareto_front
 from .space import SearchSpace, SpaceError, load_space, parse_count, read_yaml
@@ -35,7 +36,9 @@ SAMPLERS = ("tpe", "nsga2", "random")
 # TPE's `group` and Study.set_metric_names are marked experimental; both are stable in use here.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
-         "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner"}
+         "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines"}
+# Trial attributes that say what a queued trial is to run; a re-queued trial carries them over.
+_QUEUE_ATTRS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label")
 
 
 class StudyError(SpaceError):
@@ -52,6 +55,15 @@ class PrunerConfig:
 
     k: int = 3
     warmup_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """Which baseline families to train, grid points per scaling family, and seeds per point."""
+
+    families: tuple[str, ...] = FAMILIES
+    points: int = 5
+    seeds: int = 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class StudyConfig:
     val_size: int | None = None
     train_limit: int | None = None
     pruner: PrunerConfig | None = None
+    baselines: BaselineSettings = BaselineSettings()
     path: str = ""
 
 
@@ -133,6 +146,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         pruner = PrunerConfig(k=_int(src, "pruner.k", p.get("k", 3), 1),
                               warmup_epochs=_int(src, "pruner.warmup_epochs",
                                                  p.get("warmup_epochs", 1), 0))
+    baselines = _baseline_settings(src, data.get("baselines"))
     storage = data.get("storage")
     if storage is not None and not isinstance(storage, str):
         raise StudyError(f"{src}: storage: must be a URL or a file path, got {storage!r}")
@@ -158,7 +172,23 @@ def load_study_config(path: str | Path) -> StudyConfig:
         val_size=None if data.get("val_size") is None else _int(src, "val_size", data["val_size"], 1),
         train_limit=(None if data.get("train_limit") is None
                      else _int(src, "train_limit", data["train_limit"], 1)),
-        pruner=pruner, path=src)
+        pruner=pruner, baselines=baselines, path=src)
+
+
+def _baseline_settings(src: str, data: Any) -> BaselineSettings:
+    if data is None:
+        return BaselineSettings()
+    keys = {"families", "points", "seeds"}
+    if not isinstance(data, dict) or set(data) - keys:
+        raise StudyError(f"{src}: baselines: must be a mapping with keys families, points, seeds")
+    families = data.get("families", list(FAMILIES))
+    if (not isinstance(families, list) or not families
+            or any(f not in FAMILIES for f in families) or len(set(families)) != len(families)):
+        raise StudyError(f"{src}: baselines.families: must be a non-empty list of distinct names "
+                         f"from {', '.join(FAMILIES)}, got {families!r}")
+    return BaselineSettings(families=tuple(families),
+                            points=_int(src, "baselines.points", data.get("points", 5), 1),
+                            seeds=_int(src, "baselines.seeds", data.get("seeds", 2), 1))
 
 
 def _relative(study_file: Path, target: str) -> Path:
@@ -233,12 +263,70 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
     """tpe (multivariate, grouped for the conditional space), nsga2, or random (the control)."""
     if name == "tpe":
         # Constraints reach the samplers through Trial.set_constraint (Optuna 5).
-        return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed,
-                                          n_startup_trials=min(10, max(2, trials // 4)))
+        return SplitOnceTPESampler(multivariate=True, group=True, seed=seed,
+                                   n_startup_trials=min(10, max(2, trials // 4)))
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed,
                                              population_size=max(4, min(50, trials // 4)))
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+class SplitOnceTPESampler(optuna.samplers.TPESampler):
+    """TPE with two costs of its grouped mode paid once instead of on every trial and group.
+
+    With `group=True` a conditional space falls into one group per depth-dependent block (seven in
+    the quickstart space). TPE repeats the same non-dominated split of the finished trials for
+    each group (~40% of its sampling time at trial 200), and re-derives the groups from every
+    finished trial on every trial. Here the split is shared by a trial's groups and the groups
+    take in each finished trial once. The samples are the same as plain TPE's (a test checks it).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        groups = getattr(self, "_group_decomposed_search_space", None)
+        if groups is not None and hasattr(groups, "_search_space"):
+            self._group_decomposed_search_space = _IncrementalGroups(groups)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        from optuna.samplers._tpe import sampler as tpe
+
+        original = getattr(tpe, "_split_trials", None)
+        if original is None:  # a later Optuna reorganised its internals: plain TPE
+            return super().sample_relative(study, trial, search_space)
+        memo: dict[tuple, Any] = {}
+
+        def split_once(study_: optuna.Study, trials: list, n_below: int) -> Any:
+            # Each group gets a fresh list of the same trials; key on who is in it.
+            key = (n_below, *(t.number for t in trials))
+            if key not in memo:
+                memo[key] = original(study_, trials, n_below)
+            return memo[key]
+
+        tpe._split_trials = split_once  # workers are processes: no other thread samples here
+        try:
+            return super().sample_relative(study, trial, search_space)
+        finally:
+            tpe._split_trials = original
+
+
+class _IncrementalGroups:
+    """Optuna's group decomposition, folding in each finished trial once (it re-folds all)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.seen: set[int] = set()
+
+    def calculate(self, study: optuna.Study, use_cache: bool = False) -> Any:
+        import copy
+
+        states = ((TrialState.COMPLETE, TrialState.PRUNED) if self.inner._include_pruned
+                  else (TrialState.COMPLETE,))
+        for t in study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
+            if t.number not in self.seen:  # adding a trial twice never changes the groups
+                self.seen.add(t.number)
+                self.inner._search_space.add_distributions(t.distributions)
+        return copy.deepcopy(self.inner._search_space)
 
 
 def arch_key(spec: ArchSpec) -> str:
@@ -261,10 +349,10 @@ def _feasible_done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 class Objective:
-    """Sample, count, skip over-budget, reuse duplicates, train, and record a trial."""
+    """Sample (or take the queued baseline), count, skip over-budget, reuse duplicates, train."""
 
-    def __init__(self, cfg: StudyConfig, data, device) -> None:
-        self.cfg, self.data, self.device = cfg, data, device
+    def __init__(self, cfg: StudyConfig, data, device, baseline: bool = False) -> None:
+        self.cfg, self.data, self.device, self.baseline = cfg, data, device, baseline
         self.versions = _versions()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -276,7 +364,12 @@ class Objective:
         from .train import fit
 
         cfg, data = self.cfg, self.data
-        spec = cfg.space.sample(trial)
+        if self.baseline:
+            if "baseline_spec" not in trial.user_attrs:
+                raise RuntimeError("a baseline trial without its spec (queued by an older run?)")
+            spec, seed = ArchSpec.from_dict(trial.user_attrs["baseline_spec"]), trial.user_attrs["seed"]
+        else:
+            spec, seed = cfg.space.sample(trial), 0
         spec = spec.for_input(data.in_channels,
                               spec.input_size if cfg.space.resolution else data.size,
                               data.num_classes)
@@ -288,19 +381,22 @@ class Objective:
                  "params": cost.params, "device": str(self.device), "versions": self.versions}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        trial.set_constraint("madds_over_budget", float(cost.madds - cfg.budget_madds))
-        if cost.madds > cfg.budget_madds:  # constrained out before any training
-            trial.set_user_attr("infeasible", True)
-            return 0.0, float(cost.madds)
+        if not self.baseline:  # baselines span the range as given; the budget binds the search
+            trial.set_constraint("madds_over_budget", float(cost.madds - cfg.budget_madds))
+            if cost.madds > cfg.budget_madds:  # constrained out before any training
+                trial.set_user_attr("infeasible", True)
+                return 0.0, float(cost.madds)
         for done in _feasible_done(study):
-            if done.user_attrs.get("arch_key") == key:
+            if done.user_attrs.get("arch_key") == key and done.user_attrs.get("seed", 0) == seed:
                 for k in ("curve", "seconds", "images_per_s", "epochs_run"):
                     if k in done.user_attrs:
                         trial.set_user_attr(k, done.user_attrs[k])
                 trial.set_user_attr("reused_from", done.number)
                 return float(done.values[0]), float(cost.madds)
         run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
-        torch.manual_seed(cfg.seed)
+        # Seed index i: init seed and recipe seed both moved by i; index 0 is the search's own.
+        torch.manual_seed(cfg.seed + seed)
+        recipe = dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + seed) if seed else cfg.recipe
         model = build_model(spec)
         curve: list[dict] = []
 
@@ -310,7 +406,7 @@ class Objective:
                 return "stop"
             return None
 
-        result = fit(model, run_data, cfg.recipe, on_epoch=on_epoch)
+        result = fit(model, run_data, recipe, on_epoch=on_epoch)
         for k, v in (("curve", result.curve), ("seconds", result.seconds),
                      ("images_per_s", result.images_per_s), ("epochs_run", result.epochs_run)):
             trial.set_user_attr(k, v)
@@ -385,7 +481,9 @@ def _fail_and_requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: 
     storage.set_trial_user_attr(t._trial_id, "stale", True)
     storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     if "retry_of" not in t.user_attrs:  # queued again once, never twice
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        carried = {k: t.user_attrs[k] for k in _QUEUE_ATTRS if k in t.user_attrs}
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **carried},
+                            skip_if_exists=False)
 
 
 @contextlib.contextmanager
@@ -406,10 +504,14 @@ def _deferred_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def _claim(study: optuna.Study, cfg: StudyConfig, worker: str) -> optuna.Trial | None:
+def _claim(study: optuna.Study, cfg: StudyConfig, worker: str,
+           queued_only: bool = False) -> optuna.Trial | None:
     with _deferred_interrupt(), _claim_lock(cfg.storage):
-        if sum(_counted(t) for t in study.get_trials(deepcopy=False)) >= cfg.trials:
+        trials = study.get_trials(deepcopy=False)
+        if sum(_counted(t) for t in trials) >= cfg.trials:
             return None
+        if queued_only and not any(t.state == TrialState.WAITING for t in trials):
+            return None  # baselines run what was queued, never a sampled trial
         trial = study.ask()
         trial.set_user_attr("worker", worker)  # lets a later run tell whether its owner died
         return trial
@@ -421,8 +523,11 @@ def _front_size(study: optuna.Study) -> int:
 
 
 def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
-               print_fn: Callable[[str], None] = print) -> int:
-    """One worker: claim trials until the study's budget is used; returns trials it finished."""
+               print_fn: Callable[[str], None] = print, baseline: bool = False) -> int:
+    """One worker: claim trials until the study's budget is used; returns trials it finished.
+
+    With `baseline`, `cfg` is the baseline study's config and the worker runs queued points only.
+    """
     from .data import load_dataset
     from .train import NonFiniteLossError, resolve_device
 
@@ -433,9 +538,15 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
                               sampler=make_sampler(cfg.sampler, cfg.seed + index, cfg.trials))
     data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
                         train_limit=cfg.train_limit, device=device)
-    objective = Objective(cfg, data, device)
+    objective = Objective(cfg, data, device, baseline=baseline)
     finished = 0
-    while (trial := _claim(study, cfg, objective.worker)) is not None:
+    while (trial := _claim(study, cfg, objective.worker, queued_only=baseline)) is not None:
+        if baseline and "baseline_spec" not in trial.user_attrs:
+            # Another machine took the last queued point between our look and our ask.
+            with _deferred_interrupt():
+                trial.set_user_attr("stale", True)
+                study.tell(trial, state=TrialState.FAIL)
+            break
         t0 = time.perf_counter()
         state, values, note = TrialState.COMPLETE, None, ""
         try:
@@ -462,19 +573,23 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
                f"acc {frozen.values[0]:.4f}" if frozen.values else
                f"acc {attrs['curve'][-1]['val_acc']:.4f}" if attrs.get("curve") else "acc -")
         reused = f" (same as #{attrs['reused_from']})" if "reused_from" in attrs else ""
+        if baseline:
+            reused = f"  {attrs['baseline_label']} seed {attrs['seed']}" + reused
         print_fn(f"trial {trial.number:4d}  {attrs.get('madds', 0) / 1e6:8.2f}M MAdds  {acc}  "
                  f"{state.name.lower()}{reused}  {time.perf_counter() - t0:6.1f}s  "
                  f"front {_front_size(study)}" + (f"  [{note[:120]}]" if note else ""))
     return finished
 
 
-def _worker_entry(cfg: StudyConfig, index: int, workers: int, env: dict[str, str]) -> int:
+def _worker_entry(cfg: StudyConfig, index: int, workers: int, env: dict[str, str],
+                  baseline: bool) -> int:
     os.environ.update(env)  # before torch is imported in this process
-    return run_worker(cfg, index, workers, print_fn=lambda s: print(s, flush=True))
+    return run_worker(cfg, index, workers, print_fn=lambda s: print(s, flush=True),
+                      baseline=baseline)
 
 
-def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
-    """Create or resume the study, then run its workers to the total trial budget."""
+def _open_study(cfg: StudyConfig, kind: str) -> optuna.Study:
+    """Create or load the study; store its kind, config and the MAdds convention once."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(cfg.storage)
     study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
@@ -482,6 +597,24 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
     if study.user_attrs.get("madds_convention") != CONVENTION:
         study.set_metric_names(["val_acc", "madds"])
         study.set_user_attr("madds_convention", CONVENTION)
+        study.set_user_attr("kind", kind)
+        study.set_user_attr("config", _manifest(cfg))
+    return study
+
+
+def _manifest(cfg: StudyConfig) -> dict[str, Any]:
+    """What a reader of the study needs to know about how it ran (JSON-safe)."""
+    return {"study_file": cfg.path, "space": cfg.space.source, "base": cfg.space.base.name,
+            "dataset": cfg.dataset, "train_limit": cfg.train_limit, "val_size": cfg.val_size,
+            "split_seed": cfg.seed, "seed": cfg.seed, "sampler": cfg.sampler,
+            "budget_madds": cfg.budget_madds, "recipe": dataclasses.asdict(cfg.recipe),
+            "trials": cfg.trials, "pruner": dataclasses.asdict(cfg.pruner) if cfg.pruner else None,
+            "baselines": dataclasses.asdict(cfg.baselines)}
+
+
+def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
+    """Create or resume the study, then run its workers to the total trial budget."""
+    study = _open_study(cfg, "random-control" if cfg.name.endswith(".random") else "search")
     stale = _requeue_stale(study)
     if stale:
         print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
@@ -492,14 +625,75 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
         return {"ran": 0}
     print_fn(f"study {cfg.name}: {done} of {cfg.trials} trials done; storage {cfg.storage}; "
              f"{cfg.workers} worker(s); sampler {cfg.sampler}; budget {cfg.budget_madds:,} MAdds")
+    return {"ran": _run_workers(cfg, print_fn, baseline=False)}
+
+
+def _run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: bool) -> int:
     if cfg.workers == 1:
-        return {"ran": run_worker(cfg, 0, 1, print_fn)}
+        return run_worker(cfg, 0, 1, print_fn, baseline=baseline)
     from joblib import Parallel, delayed
 
     envs = _worker_envs(cfg)
     ran = Parallel(n_jobs=cfg.workers, backend="loky")(
-        delayed(_worker_entry)(cfg, i, cfg.workers, envs[i]) for i in range(cfg.workers))
-    return {"ran": sum(ran)}
+        delayed(_worker_entry)(cfg, i, cfg.workers, envs[i], baseline)
+        for i in range(cfg.workers))
+    return sum(ran)
+
+
+def baseline_study_config(cfg: StudyConfig) -> StudyConfig:
+    """The sibling study `X.baseline`: same storage, data, recipe and seeds; no pruner."""
+    return dataclasses.replace(cfg, name=f"{cfg.name}.baseline", pruner=None, sampler="random")
+
+
+def control_study_config(cfg: StudyConfig) -> StudyConfig:
+    """The sibling study `X.random`: the same search with the random sampler, the control."""
+    return dataclasses.replace(cfg, name=f"{cfg.name}.random", sampler="random")
+
+
+def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
+    """Queue the baseline grid (points not yet stored) in `X.baseline` and train it."""
+    from .data import load_dataset
+
+    settings = cfg.baselines
+    bcfg = baseline_study_config(cfg)
+    # The dataset's shape fixes input size, channels and classes of every baseline; loading it
+    # here also reports a missing dataset before anything is queued.
+    data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
+                        train_limit=cfg.train_limit, device="cpu")
+    space = cfg.space
+
+    def adapt(spec: ArchSpec) -> ArchSpec:
+        return spec.for_input(data.in_channels, spec.input_size if space.resolution else data.size,
+                              data.num_classes)
+
+    grid = baseline_grid(space, settings.families, settings.points, adapt=adapt)
+    study = _open_study(bcfg, "baseline")
+    stale = _requeue_stale(study)
+    if stale:
+        print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
+    with _deferred_interrupt(), _claim_lock(bcfg.storage):
+        have = {(t.user_attrs.get("baseline_label"), t.user_attrs.get("seed"))
+                for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("stale")}
+        queued = 0
+        for point in grid:
+            for seed in range(settings.seeds):
+                if (point.label, seed) in have:
+                    continue
+                study.enqueue_trial({}, skip_if_exists=False, user_attrs={
+                    "baseline_spec": point.spec.to_dict(), "family": point.family,
+                    "multiplier": point.multiplier, "seed": seed, "baseline_label": point.label})
+                queued += 1
+        total = sum(_counted(t) or t.state == TrialState.WAITING
+                    for t in study.get_trials(deepcopy=False))
+    bcfg = dataclasses.replace(bcfg, trials=total)
+    done = total - sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    print_fn(f"study {bcfg.name}: {len(grid)} architectures x {settings.seeds} seed(s) "
+             f"({', '.join(settings.families)}); {done} of {total} trials done, {queued} newly "
+             f"queued; storage {bcfg.storage}; {bcfg.workers} worker(s)")
+    if done >= total:
+        print_fn("nothing to do (raise baselines.points or seeds to go on)")
+        return {"ran": 0}
+    return {"ran": _run_workers(bcfg, print_fn, baseline=True)}
 
 
 def _worker_envs(cfg: StudyConfig) -> list[dict[str, str]]:

@@ -24,3 +24,123 @@ def test_against_brute_force():
         brute = {i for i, (a, m) in enumerate(pts)
                  if not any((b >= a and n <= m) and (b > a or n < m) for b, n in pts)}
         assert set(pareto_front(pts)) == brute
+
+
+# --- frames ---------------------------------------------------------------------------------------
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from condconv_nas.pareto import (  # noqa: E402
+    Normalisation,
+    front,
+    gain_at_matched_madds,
+    hypervolume,
+    hypervolume_history,
+    madds_saved_at_matched_accuracy,
+    normalisation,
+    power_law_fit,
+    seed_means,
+    summary,
+)
+
+
+def frame(rows, family="search"):
+    return pd.DataFrame([{"family": family, "val_acc": a, "madds": m} for a, m in rows])
+
+
+def test_front_frame_sorted_and_deduplicated():
+    f = front(frame([(0.90, 10), (0.85, 5), (0.88, 12), (0.90, 10)]))
+    assert list(zip(f.val_acc, f.madds)) == [(0.85, 5), (0.90, 10)]
+
+
+def test_hypervolume_by_hand():
+    # Normalised on log10 MAdds 1..100 and accuracy 0.5..1.0: (10 MAdds, 0.75) -> (0.5, 0.5),
+    # (1 MAdd, 0.6) -> (0, 0.2). Strips: 1.0 * 0.2 + 0.5 * (0.5 - 0.2) = 0.35.
+    norm = Normalisation(1, 100, 0.5, 1.0)
+    assert hypervolume(frame([(0.75, 10), (0.6, 1)]), norm) == pytest.approx(0.35)
+    assert hypervolume(frame([(1.0, 1)]), norm) == pytest.approx(1.0)  # the ideal corner
+    assert hypervolume(frame([]), norm) == 0.0
+
+
+def test_hypervolume_matches_optuna_on_random_sets():
+    # Independent reference: Optuna's WFG hypervolume on (cost, -quality) against (1, 0).
+    from optuna._hypervolume import compute_hypervolume
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        acc, madds = rng.uniform(0.5, 0.95, 12), np.exp(rng.uniform(10, 16, 12))
+        df = frame(list(zip(acc, madds)))
+        norm = normalisation(df)
+        pts = np.stack([norm.cost(madds), -norm.quality(acc)], axis=1)
+        ref = compute_hypervolume(pts, np.array([1.0, 0.0]))
+        assert hypervolume(df, norm) == pytest.approx(ref, abs=1e-12)
+
+
+def test_hypervolume_history_never_falls():
+    rng = np.random.default_rng(1)
+    df = frame(list(zip(rng.uniform(0.5, 0.9, 30), rng.integers(1, 100, 30))))
+    df["number"] = range(30)
+    hist = hypervolume_history(df, normalisation(df))
+    assert (np.diff(hist.hypervolume) >= 0).all() and hist.hypervolume.iloc[-1] > 0
+
+
+def test_seed_means_and_std():
+    df = pd.DataFrame({"family": "width", "multiplier": [1.0, 1.0, 2.0, 2.0], "seed": [0, 1, 0, 1],
+                       "val_acc": [0.8, 0.9, 0.85, 0.85], "madds": [10, 10, 20, 20]})
+    m = seed_means(df)
+    assert list(m.val_acc) == pytest.approx([0.85, 0.85])
+    assert m.acc_std.iloc[0] == pytest.approx(math.sqrt(0.005))  # sample std of 0.8, 0.9
+    assert m.acc_std.iloc[1] == 0 and list(m.seeds) == [2, 2]
+
+
+def baseline_line():
+    # accuracy = 0.5 + 0.1 * log10(MAdds) at 1e5 .. 1e7, seed std 0.01 everywhere.
+    rows = []
+    for i, m in enumerate([1e5, 1e6, 1e7]):
+        for seed, d in enumerate((-0.01, 0.01)):
+            rows.append({"family": "width", "multiplier": float(i), "seed": seed,
+                         "val_acc": 0.5 + 0.1 * math.log10(m) + d,
+                         "madds": m})
+    return pd.DataFrame(rows)
+
+
+def test_gain_at_matched_madds_interpolates_on_log_madds_inside_range():
+    search = frame([(0.5 + 0.65 + 0.03, 10 ** 6.5), (0.99, 10 ** 7.5), (0.9, 10 ** 4)])
+    g = gain_at_matched_madds(search, baseline_line())
+    assert list(g.madds) == [10 ** 6.5]  # the other two lie outside the baseline's range
+    assert g.gain.iloc[0] == pytest.approx(0.03)
+    assert g.noise.iloc[0] == pytest.approx(2 * math.sqrt(0.0002))  # two sample stds
+    assert bool(g.beyond_noise.iloc[0]) is True
+
+
+def test_madds_saved_at_matched_accuracy():
+    # 0.5 + 0.1 * log10(m) = 1.1 at m = 1e6: a search point there with 2.5e5 MAdds saves 75%.
+    g = madds_saved_at_matched_accuracy(frame([(1.1, 2.5e5), (0.2, 10)]), baseline_line())
+    assert list(g.val_acc) == [1.1]
+    assert g.baseline_madds.iloc[0] == pytest.approx(1e6)
+    assert g.saved.iloc[0] == pytest.approx(0.75)
+
+
+def test_power_law_fit_recovers_slope():
+    m = np.array([1e5, 3e5, 1e6, 5e6])
+    df = frame(list(zip(1 - 2.0 * m ** -0.3, m)))
+    fit = power_law_fit(df)
+    assert fit["slope"] == pytest.approx(-0.3) and fit["coef"] == pytest.approx(2.0)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert math.isnan(power_law_fit(frame([(0.9, 5)]))["slope"])
+
+
+def test_summary_rows_and_gains():
+    trials = pd.concat([frame([(0.5 + 0.65 + 0.03, 10 ** 6.5), (1.25, 10 ** 6.9)]), baseline_line()])
+    s = summary(trials).set_index("family")
+    assert list(s.index) == ["search", "width"]
+    assert s.loc["search", "front"] == 2 and s.loc["width", "front"] == 3
+    assert s.loc["width", "gain_mean"] == pytest.approx(np.mean([0.03, 1.25 - (0.5 + 0.69)]))
+    assert s.loc["width", "beyond_noise"] == "2 of 2"
+    # Shared scale: log10 MAdds 5..7, accuracy 0.99 (worst seed) .. 1.25. Width's seed means
+    # (1.0, 1e5), (1.1, 1e6), (1.2, 1e7) give strips 1 * 0.01/0.26 + 0.5 * 0.1/0.26.
+    assert s.loc["width", "hypervolume"] == pytest.approx(0.01 / 0.26 + 0.5 * 0.1 / 0.26)

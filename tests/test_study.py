@@ -15,8 +15,11 @@ from condconv_nas.space import SpaceError
 from condconv_nas.study import (
     PrunerConfig,
     StorageError,
+    _requeue_stale,
+    baseline_study_config,
     load_study_config,
     open_storage,
+    run_baselines,
     run_search,
     should_prune,
 )
@@ -181,3 +184,90 @@ def test_every_shipped_study_file_loads(path):
     cfg = load_study_config(path)
     assert cfg.trials >= 1 and cfg.budget_madds > 0
     assert cfg.storage.endswith(f"{cfg.name}.journal")
+
+
+def test_split_once_tpe_samples_what_plain_tpe_samples():
+    # The reference is Optuna's own TPE with the same seed on the conditional quickstart space.
+    from condconv_nas.space import load_space
+    from condconv_nas.study import SplitOnceTPESampler
+
+    space = load_space(ROOT / "search_spaces" / "fmnist_mbv2.yaml")
+    kw = {"multivariate": True, "group": True, "seed": 3, "n_startup_trials": 5}
+
+    def run(sampler) -> list[dict]:
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        for i in range(30):
+            trial = study.ask()
+            spec = space.sample(trial)
+            trial.set_constraint("over", float(i % 5 == 0))  # some infeasible trials too
+            study.tell(trial, [sum(s.repeats * (1 + i % 3) for s in spec.stages) / 100, i % 7])
+        return [t.params for t in study.trials]
+
+    plain = run(optuna.samplers.TPESampler(**kw))
+    assert run(SplitOnceTPESampler(**kw)) == plain
+    assert len({str(p) for p in plain}) > 10  # TPE really sampled a conditional, varied space
+
+
+def test_baselines_are_tagged_seeded_shared_and_resumable(tmp_path):
+    from condconv_nas.baselines import baseline_grid
+
+    path = write_study(tmp_path, recipe={"epochs": 1, "batch_size": 64, "lr": 0.2},
+                       baselines={"families": ["width", "experts"], "points": 1, "seeds": 2})
+    cfg = load_study_config(path)
+    lines: list[str] = []
+    run_baselines(cfg, print_fn=lines.append)
+    storage = open_storage(cfg.storage)
+    study = optuna.load_study(study_name="t.baseline", storage=storage)
+    trials = study.trials
+    grid = baseline_grid(cfg.space, ("width", "experts"), 1,
+                         adapt=lambda s: s.for_input(1, 16, 4))  # synthetic: 1x16x16, 4 classes
+    assert len(trials) == 2 * len(grid) and all(t.state == TrialState.COMPLETE for t in trials)
+    by_point = {(t.user_attrs["baseline_label"], t.user_attrs["seed"]): t for t in trials}
+    assert set(by_point) == {(p.label, s) for p in grid for s in (0, 1)}
+    for p in grid:
+        t = by_point[(p.label, 0)]
+        assert t.user_attrs["family"] == p.family and t.user_attrs["multiplier"] == p.multiplier
+        assert t.values[1] == p.madds
+    # The base is one network under both families: trained once per seed, reused by the other.
+    for seed in (0, 1):
+        a, b = by_point[("width x1", seed)], by_point[("experts 1", seed)]
+        assert {a.user_attrs.get("reused_from"), b.user_attrs.get("reused_from")} & {
+            a.number, b.number}
+    # Seeds are distinct runs: seed 1 was trained, not reused from seed 0.
+    assert "reused_from" not in by_point[("experts 4", 1)].user_attrs
+    assert by_point[("experts 4", 1)].user_attrs["curve"] != by_point[("experts 4", 0)].user_attrs[
+        "curve"]
+    # Re-running queues nothing and trains nothing.
+    run_baselines(cfg, print_fn=lines.append)
+    assert len(optuna.load_study(study_name="t.baseline", storage=storage).trials) == len(trials)
+    assert "nothing to do" in lines[-1]
+
+
+def test_requeued_baseline_keeps_its_point(tmp_path):
+    cfg = baseline_study_config(load_study_config(write_study(tmp_path)))
+    study = optuna.create_study(study_name=cfg.name, storage=open_storage(cfg.storage),
+                                directions=["maximize", "minimize"])
+    point = {"baseline_spec": {"x": 1}, "family": "width", "multiplier": 1.5, "seed": 1,
+             "baseline_label": "width x1.5"}
+    study.enqueue_trial({}, user_attrs=point)
+    trial = study.ask()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 12345}")  # a dead pid
+    assert _requeue_stale(study) == 1
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(waiting) == 1
+    assert {k: waiting[0].user_attrs[k] for k in point} == point
+    assert waiting[0].user_attrs["retry_of"] == trial.number
+
+
+def test_control_study_uses_the_random_sampler(tmp_path, capsys):
+    from condconv_nas.cli import main
+
+    path = write_study(tmp_path, trials=2, recipe={"epochs": 1, "batch_size": 64, "lr": 0.2})
+    assert main(["search", str(path), "--control"]) == 0
+    storage = open_storage(load_study_config(path).storage)
+    control = optuna.load_study(study_name="t.random", storage=storage)
+    assert len(control.trials) == 2 and control.user_attrs["kind"] == "random-control"
+    assert control.user_attrs["config"]["sampler"] == "random"
+    assert main(["search", str(path), "--control", "--sampler", "tpe"]) == 2
+    assert main(["baselines", str(path), "--families", "width,height"]) == 2
+    assert "'height' is not a family" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""Baseline grids: the base network scaled by width, depth, compound and uniform experts. Torch-free.
+
+Every family starts from the space's base with CondConv off and spans the search's MAdds range,
+from the smallest architecture the space can sample to its budget:
+
+- width: `width_mult` on every layer (stem, stages, head), the EfficientNet width rule;
+- depth: `depth_mult` on every stage's repeats, rounded up;
+- compound: depth alpha**phi and width beta**phi with alpha * beta**2 ~= 2 (Tan & Le 2019, with
+  resolution held fixed because proxy data has one size): alpha = 1.2 as in the paper, beta = 1.29;
+- experts: the base with CondConv in the positions the space searches, at uniform expert counts
+  (the CondConv paper's comparison of expert counts against width multipliers, Fig. 3).
+
+Each family includes the base itself (multiplier 1, phi 0, one expert), the shared anchor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .cost import count_cost
+from .space import SearchSpace
+from .spec import ArchSpec
+
+__all__ = ["ALPHA", "BETA", "FAMILIES", "BaselinePoint", "baseline_grid", "search_range",
+           "static_base"]
+
+FAMILIES = ("width", "depth", "compound", "experts")
+ALPHA, BETA = 1.2, 1.29  # depth and width growth per unit of phi; 1.2 * 1.29**2 = 2.00
+
+
+@dataclass(frozen=True)
+class BaselinePoint:
+    """One baseline architecture: its family, its multiplier (or expert count), spec and MAdds."""
+
+    family: str
+    multiplier: float
+    spec: ArchSpec
+    madds: int
+
+    @property
+    def label(self) -> str:
+        """Readable name such as 'width x1.25', 'compound phi=-0.5' or 'experts 4'."""
+        if self.family == "compound":
+            return f"compound phi={self.multiplier:g}"
+        if self.family == "experts":
+            return f"experts {self.multiplier:g}"
+        return f"{self.family} x{self.multiplier:g}"
+
+
+class _Extreme:
+    """A trial stand-in that always picks the cheapest (or dearest) choice of a space."""
+
+    def __init__(self, cheapest: bool) -> None:
+        self.cheapest = cheapest
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return min(choices) if self.cheapest else max(choices)
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return low if self.cheapest else high
+
+
+def static_base(spec: ArchSpec) -> ArchSpec:
+    """The spec with CondConv off everywhere."""
+    stages = tuple(dataclasses.replace(s, experts=(0,)) for s in spec.stages)
+    return spec.replace(stages=stages, name=f"{spec.name}-static")
+
+
+def search_range(space: SearchSpace, adapt=lambda s: s) -> tuple[int, int]:
+    """(MAdds of the cheapest architecture the space can sample, the space's budget)."""
+    return count_cost(adapt(space.sample(_Extreme(cheapest=True)))).madds, space.budget_madds
+
+
+def _bisect(make, target: int, low: float, high: float, steps: int = 40) -> float:
+    """The multiplier whose architecture's MAdds is nearest `target` (MAdds grows with it)."""
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if count_cost(make(mid)).madds < target:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def baseline_grid(space: SearchSpace, families: tuple[str, ...] = FAMILIES, points: int = 5,
+                  adapt=lambda s: s, madds_range: tuple[int, int] | None = None
+                  ) -> list[BaselinePoint]:
+    """The baseline architectures of each family, `points` per scaling family, distinct within it.
+
+    `adapt` fits a spec to the dataset (input size, channels, classes) before counting.
+    """
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"baseline family {unknown[0]!r} is unknown; choose from "
+                         f"{', '.join(FAMILIES)}")
+    lo, hi = madds_range or search_range(space, adapt)
+    base = adapt(static_base(space.base))
+    targets = ([round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (points - 1)))
+                for i in range(points)] if points > 1 else [hi])
+    grid: list[BaselinePoint] = []
+    for family in families:
+        if family == "experts":
+            made = _experts_family(space, base)
+        else:
+            make = _maker(family, base)
+            mults = [_pick(family, make, t) for t in targets] + [0.0 if family == "compound" else 1.0]
+            made = [(m, make(m)) for m in sorted(set(mults))]
+        seen: set[tuple] = set()
+        for mult, spec in made:
+            key = _layout(spec)
+            if key in seen:
+                continue  # rounding gave an architecture this family already has
+            seen.add(key)
+            grid.append(BaselinePoint(family, mult, spec, count_cost(spec).madds))
+    return grid
+
+
+def _layout(spec: ArchSpec) -> tuple:
+    """The resolved network (every block's shape), so x1.0 and x1.01 that round alike are one."""
+    return (spec.stem_width, spec.head_width, tuple(spec.blocks()))
+
+
+def _maker(family: str, base: ArchSpec):
+    if family == "width":
+        return lambda m: base.replace(width_mult=m, name=f"{base.name}-w{m:g}")
+    if family == "depth":
+        return lambda m: base.replace(depth_mult=m, name=f"{base.name}-d{m:g}")
+    return lambda phi: base.replace(depth_mult=ALPHA ** phi, width_mult=BETA ** phi,
+                                    name=f"{base.name}-phi{phi:g}")
+
+
+def _pick(family: str, make, target: int) -> float:
+    """A readable multiplier (2 decimals; phi in steps of 0.05) nearest the target MAdds."""
+    if family == "depth":
+        # Depth moves in whole repeats: scan multiples of 0.05 and keep the nearest in log-MAdds.
+        candidates = [round(0.05 * i, 2) for i in range(2, 121)]
+        # Ties (the same repeats) go to the multiplier nearest 1: 'x0.5', not 'x0.1', for 1 of 2.
+        return min(candidates, key=lambda m: (abs(math.log(count_cost(make(m)).madds / target)),
+                                              abs(m - 1)))
+    if family == "width":
+        return round(_bisect(make, target, 0.1, 8.0), 2)
+    return round(_bisect(make, target, -6.0, 6.0) * 20) / 20
+
+
+def _experts_family(space: SearchSpace, base: ArchSpec) -> list[tuple[float, ArchSpec]]:
+    """The base with uniform experts in the searched CondConv positions, one spec per count."""
+    counts = sorted({e for c in space.stages if c.experts for e in c.experts if e > 1})
+    searched = {c.stage - 1 for c in space.stages if c.experts}
+    out: list[tuple[float, ArchSpec]] = [(1.0, base)]
+    for e in counts:
+        stages = tuple(dataclasses.replace(s, experts=(e,)) if i in searched else s
+                       for i, s in enumerate(base.stages))
+        out.append((float(e), base.replace(stages=stages, name=f"{base.name}-e{e}")))
+    return out

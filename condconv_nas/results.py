@@ -1,0 +1,169 @@
+"""A study's results out of storage: trial frames of the search, its control and its baselines.
+
+Reads the study `X` and its siblings `X.random` (random-sampler control) and `X.baseline` from the
+study's storage and flattens their trials into one pandas frame, plus the run manifest and the
+importance of each search parameter. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from .spec import ArchSpec, SpecError
+
+__all__ = ["StudyResults", "architecture_summary", "experts_by_block", "load_results",
+           "trials_frame"]
+
+COLUMNS = ["study", "family", "number", "state", "val_acc", "madds", "params", "multiplier",
+           "seed", "label", "seconds", "images_per_s", "epochs_run", "feasible", "reused_from",
+           "worker", "fail_reason", "arch", "spec"]
+
+
+@dataclass
+class StudyResults:
+    """Everything a report or an export reads from storage."""
+
+    name: str
+    storage: str
+    trials: pd.DataFrame  # every trial of the study and its siblings, one row each
+    manifest: dict[str, Any] = field(default_factory=dict)
+    importances: dict[str, float] = field(default_factory=dict)
+    fidelity: dict[str, Any] | None = None
+    studies: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        """Completed, feasible trials: the points of every front and statistic."""
+        t = self.trials
+        done = t[(t.state == "COMPLETE") & t.feasible & t.val_acc.notna()]
+        # A search trial that reused an earlier identical architecture adds no evidence; a
+        # baseline's shared anchor (the base net under each family) is that family's point.
+        return done[~(done.family.isin(["search", "random"]) & done.reused_from.notna())]
+
+
+def architecture_summary(spec: dict[str, Any] | None) -> str:
+    """One line per network: per stage, repeats x channels and the expert counts, e.g. 's4 2x48 e4,0'."""
+    if not spec:
+        return ""
+    try:
+        arch = ArchSpec.from_dict(spec)
+    except SpecError:
+        return "(unreadable spec)"
+    parts = []
+    blocks = arch.blocks()
+    for s in range(len(arch.stages)):
+        mine = [b for b in blocks if b.name.startswith(f"s{s + 1}.")]
+        experts = [b.experts for b in mine]
+        tag = f" e{','.join(map(str, experts))}" if any(e > 1 for e in experts) else ""
+        parts.append(f"s{s + 1} {len(mine)}x{mine[0].out_channels}{tag}")
+    res = f"{arch.input_size}px " if arch.input_size else ""
+    return res + " | ".join(parts)
+
+
+def experts_by_block(spec: dict[str, Any] | None) -> dict[str, int]:
+    """Expert count of every block ('s4.b1' -> 4; 0 is a static block)."""
+    if not spec:
+        return {}
+    try:
+        return {b.name: b.experts for b in ArchSpec.from_dict(spec).blocks()}
+    except SpecError:
+        return {}
+
+
+def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame:
+    """One row per trial; `family` names search trials ('search' or 'random'), baselines carry theirs."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        if a.get("stale"):
+            continue  # an interrupted attempt, queued again as another trial
+        values = t.values or [None, None]
+        curve = a.get("curve") or []
+        acc = values[0] if t.state == TrialState.COMPLETE else (
+            curve[-1]["val_acc"] if curve else None)
+        rows.append({
+            "study": study.study_name, "family": a.get("family", family or "search"),
+            "number": t.number, "state": t.state.name, "val_acc": acc,
+            "madds": a.get("madds", values[1]), "params": a.get("params"),
+            "multiplier": a.get("multiplier"), "seed": a.get("seed", 0),
+            "label": a.get("baseline_label", ""), "seconds": a.get("seconds"),
+            "images_per_s": a.get("images_per_s"), "epochs_run": a.get("epochs_run"),
+            "feasible": not a.get("infeasible", False), "reused_from": a.get("reused_from"),
+            "worker": a.get("worker", ""), "fail_reason": a.get("fail_reason", ""),
+            "arch": architecture_summary(a.get("spec")),
+            "spec": json.dumps(a["spec"], sort_keys=True) if a.get("spec") else "",
+        })
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("val_acc", "madds", "params", "multiplier", "seconds", "images_per_s",
+                "reused_from"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["feasible"] = df["feasible"].astype(bool)
+    return df
+
+
+def _importances(study: optuna.Study) -> dict[str, float]:
+    """Importance of each search parameter for val accuracy (Optuna's default evaluator).
+
+    Only trained, feasible trials count.
+    """
+    keep = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not t.user_attrs.get("infeasible") and "reused_from" not in t.user_attrs]
+    if len(keep) < 4:
+        return {}
+    # A copy in memory with only the trials that were trained: over-budget trials score 0 by
+    # construction and would make "which choices blow the budget" look like accuracy.
+    copy = optuna.create_study(directions=["maximize", "minimize"])
+    copy.add_trials(keep)
+    try:
+        # Optuna 5's default evaluator (PED-ANOVA) ranks parameters by how they reach *low*
+        # target values: give it the validation error.
+        with warnings.catch_warnings():  # its reminder about low values: heeded above
+            warnings.simplefilter("ignore", UserWarning)
+            out = optuna.importance.get_param_importances(copy,
+                                                          target=lambda t: 1.0 - t.values[0])
+    except (RuntimeError, ValueError):  # too few trials in the common search space
+        return {}
+    return {k: float(v) for k, v in out.items() if not math.isnan(v)}
+
+
+def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "") -> StudyResults:
+    """The study `name` and its siblings `name.random` and `name.baseline`, as frames."""
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage,
+                                                                   include_best_trial=False)}
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise LookupError(f"study {name!r} is not in storage {url or storage} (studies there: "
+                          f"{known}); run `condconv-nas search` first")
+    frames, manifest, studies = [], {}, []
+    importances: dict[str, float] = {}
+    fidelity = None
+    for sibling, family in ((name, "search"), (f"{name}.random", "random"),
+                            (f"{name}.baseline", None)):
+        if sibling not in names:
+            continue
+        study = optuna.load_study(study_name=sibling, storage=storage)
+        studies.append(sibling)
+        frames.append(trials_frame(study, family))
+        if family == "search":
+            manifest = dict(study.user_attrs.get("config") or {})
+            manifest["madds_convention"] = study.user_attrs.get("madds_convention", "")
+            importances = _importances(study)
+            fidelity = study.user_attrs.get("fidelity")
+            first = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(
+                "versions")), None)
+            if first is not None:
+                manifest["versions"] = first.user_attrs["versions"]
+                manifest["device"] = first.user_attrs.get("device", "")
+        elif family is None:
+            manifest["baselines"] = study.user_attrs.get("config", {}).get("baselines")
+    trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    return StudyResults(name=name, storage=url, trials=trials, manifest=manifest,
+                        importances=importances, fidelity=fidelity, studies=studies)
