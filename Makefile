@@ -15,16 +15,25 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# Until the quickstart study lands: the preset cost table and a seconds-long search on synthetic data.
+CLI := $(VENV)/bin/condconv-nas
+
+# The quickstart end to end: search, baselines, report, export (re-running resumes each step).
 demo: $(STAMP)
-	$(VENV)/bin/condconv-nas presets
-	$(VENV)/bin/condconv-nas search studies/tiny.yaml
-	$(VENV)/bin/condconv-nas studies
+	bash scripts/get_fashion_mnist.sh
+	$(CLI) search studies/quickstart.yaml
+	$(CLI) baselines studies/quickstart.yaml
+	$(CLI) report studies/quickstart.yaml -o reports/quickstart.html
+	$(CLI) export studies/quickstart.yaml --pick best -o exports/quickstart-best
+	@echo
+	@echo "study:    studies/quickstart.journal (condconv-nas studies)"
+	@echo "report:   reports/quickstart.html (+ reports/quickstart.trials.csv, .fronts.csv)"
+	@echo "export:   exports/quickstart-best (arch.json, weights.pt, model.ts, MODEL_CARD.md)"
+	@echo "next:     condconv-nas fidelity studies/quickstart.yaml --top 3 --epochs 10"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -33,4 +42,4 @@ bench: $(STAMP)
 	$(PY) bench/condconv_layer.py
 
 clean:
-	rm -rf $(VENV) reports/*.html reports/*.csv
+	rm -rf $(VENV) reports/*.html reports/*.csv exports

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check the project has, in one run; figures land in $OUT (device tool) or bench/results.
-# Usage: bash bench/gpu_check.sh [SECTION ...]   (default: all of tests layer train fmnist)
+# Usage: bash bench/gpu_check.sh [SECTION ...]   (default: all of tests layer train fmnist search)
 # On a GPU machine without optuna/ptflops/plotly, carry them as wheels in .whl/ (see README);
 # Fashion-MNIST is read from .fmnist/ when present (else $CONDCONV_NAS_DATA / Debian's folder).
 set -uo pipefail
@@ -13,7 +13,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 data=(); [ -d .fmnist ] && data=(--data-dir .fmnist)
-sections=("$@"); [ ${#sections[@]} -eq 0 ] && sections=(tests layer train fmnist)
+sections=("$@"); [ ${#sections[@]} -eq 0 ] && sections=(tests layer train fmnist search)
 
 tests() {
   echo "== tests on CUDA (layer exactness in float64 on cuda and cpu, model, train)"
@@ -40,6 +40,21 @@ fmnist() {
     echo "$p $(python3 -m condconv_nas.cli train --dataset fashion-mnist "${data[@]}" \
       --device cuda --eval-test --json --no-progress --preset $p --epochs 6)"
   done
+}
+search() {
+  echo "== the quickstart study on the GPU: search, baselines, report, export (wall seconds)"
+  local f=studies/gpu_quickstart.yaml
+  sed -e 's/^name: .*/name: gpu_quickstart/' -e 's/^device: .*/device: cuda/' \
+    -e 's/^workers: .*/workers: 1/' studies/quickstart.yaml > "$f"
+  [ -d .fmnist ] && echo "data_dir: ../.fmnist" >> "$f"
+  printf 'storage: %s\nartifacts: %s\n' "$PWD/$out/gpu_quickstart.journal" \
+    "$PWD/$out/gpu_quickstart.artifacts" >> "$f"
+  local t0; t0=$(date +%s)
+  python3 -m condconv_nas.cli search "$f" | tail -2
+  python3 -m condconv_nas.cli baselines "$f" | tail -2
+  python3 -m condconv_nas.cli report "$f" -o "$out/gpu_quickstart.html"
+  python3 -m condconv_nas.cli export "$f" -o "$out/gpu_quickstart_export" | tail -3
+  echo "quickstart on the GPU: $(( $(date +%s) - t0 )) s"
 }
 {
   echo "== device"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -7,7 +7,7 @@ from .presets import get_preset, preset_names
 from .spec import ArchSpec, SpecError, StageSpec
 
 __all__ = ["ArchSpec", "SpecError", "StageSpec", "__version__", "build_model", "count_cost",
-           "get_preset", "preset_names"]
+           "get_preset", "load_arch", "preset_names"]
 
 __version__ = "0.1.0"
 
@@ -17,3 +17,10 @@ def build_model(spec: ArchSpec):
     from .model import build_model as _build
 
     return _build(spec)
+
+
+def load_arch(path, weights: bool = True):
+    """Rebuild an exported model from its arch.json (or folder); eval mode, weights loaded."""
+    from .export import load_arch as _load
+
+    return _load(path, weights=weights)

@@ -24,13 +24,14 @@ class UsageError(Exception):
 def _known_errors() -> tuple[type[Exception], ...]:
     """Error types that are the user's to fix: one line, exit code 2."""
     from .data import DataError
+    from .export import ExportError
     from .report import ReportError
     from .space import SpaceError
     from .study import StorageError
     from .train import NonFiniteLossError, RecipeError
 
     return (SpecError, UsageError, DataError, RecipeError, NonFiniteLossError, SpaceError,
-            StorageError, ReportError)
+            StorageError, ReportError, ExportError)
 
 
 def _spec_from_args(args: argparse.Namespace) -> ArchSpec:
@@ -199,18 +200,83 @@ def _run_interruptible(run) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    """Write the Pareto report of a study (search, control, baselines) as HTML plus CSV."""
-    from .report import write_report
+def _results(args: argparse.Namespace):
+    """The study config (with --storage applied) and its results from storage."""
     from .results import load_results
     from .study import load_study_config, open_storage, with_overrides
 
     cfg = with_overrides(load_study_config(args.study), storage=args.storage)
-    storage = open_storage(cfg.storage)
     try:
-        results = load_results(storage, cfg.name, cfg.storage)
+        return cfg, load_results(open_storage(cfg.storage, create=False), cfg.name, cfg.storage)
     except LookupError as err:
         raise UsageError(str(err).strip("'\"")) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a study's architecture: arch.json, weights, TorchScript, ONNX, model card."""
+    from .export import export_trial, parse_pick, pick_trial
+
+    if args.retrain is not None and args.retrain < 1:
+        raise UsageError(f"--retrain: must be >= 1 epochs, got {args.retrain}")
+    pick = parse_pick(args.pick)
+    cfg, results = _results(args)
+    row = pick_trial(results, pick)
+    out = Path(args.output) if args.output else Path("exports") / f"{cfg.name}-trial{int(row.number)}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: exists and is not a folder")
+    print(f"exporting trial {int(row.number)} of {cfg.name} ({args.pick}): val acc "
+          f"{row.val_acc:.4f}, {int(row.madds):,} MAdds -> {out}", file=sys.stderr)
+    model = retrained = None
+    if args.retrain:
+        from .longrun import retrain
+        from .spec import ArchSpec
+
+        spec = ArchSpec.from_dict(json.loads(row.spec))
+        model, result, data = retrain(cfg, spec, args.retrain, args.device, eval_test=True,
+                                      progress=not args.no_progress)
+        retrained = {"epochs": args.retrain, "val_acc": result.val_acc,
+                     "test_acc": result.test_acc, "seconds": round(result.seconds, 1),
+                     "train_images": len(data.train), "device": result.device}
+        print(f"retrained {args.retrain} epochs on {len(data.train)} images: val "
+              f"{result.val_acc:.4f}, test {result.test_acc:.4f}", file=sys.stderr)
+    paths = export_trial(results, row, out, artifacts=cfg.artifacts, pick=pick, onnx=args.onnx,
+                         retrained=retrained, model=model)
+    if args.json:
+        print(json.dumps({k: str(v) for k, v in paths.items()}))
+    else:
+        if "weights" not in paths:
+            print("note: no weights were stored for this trial (front trials keep theirs); "
+                  "use --retrain N for trained weights", file=sys.stderr)
+        for k, v in paths.items():
+            print(f"{k:>14}: {v}")
+    return 0
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    """Retrain front and baseline points longer; Kendall tau of proxy against long-run ranks."""
+    from .longrun import run_fidelity
+    from .study import load_study_config, with_overrides
+
+    _positive(args, "top", "epochs")
+    cfg = with_overrides(load_study_config(args.study), storage=args.storage)
+    try:
+        record = run_fidelity(cfg, args.top, args.epochs, args.device,
+                              print_fn=lambda s: print(s, flush=True))
+    except LookupError as err:
+        raise UsageError(str(err).strip("'\"")) from None
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"Kendall tau {record['tau']:.3f} (p = {record['p_value']:.3g}, n = {record['n']}): "
+              f"{record['verdict']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the Pareto report of a study (search, control, baselines) as HTML plus CSV."""
+    from .report import write_report
+
+    cfg, results = _results(args)
     out = Path(args.output) if args.output else Path("reports") / f"{cfg.name}.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {out}: the report is an HTML file; give a name ending in .html")
@@ -338,6 +404,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export a study's architecture (arch.json, weights, "
+                       "TorchScript, ONNX, model card)")
+    p.add_argument("study", metavar="studies/X.yaml")
+    p.add_argument("--pick", default="best", help="best (default), knee, budget=30M or trial=N")
+    p.add_argument("-o", "--output", metavar="DIR", help="default exports/<name>-trial<N>")
+    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (onnx extra)")
+    p.add_argument("--retrain", type=int, metavar="EPOCHS",
+                   help="first retrain on the full training split for EPOCHS epochs")
+    p.add_argument("--device", default="auto", help="for --retrain: auto, cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("fidelity", help="does the proxy rank architectures as longer training "
+                       "does? (Kendall tau)")
+    p.add_argument("study", metavar="studies/X.yaml")
+    p.add_argument("--top", type=int, default=3, metavar="K",
+                   help="front points and baseline points to retrain (default 3 each)")
+    p.add_argument("--epochs", type=int, default=10, metavar="N", help="long-run epochs (10)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.set_defaults(func=cmd_fidelity)
 
     p = sub.add_parser("studies", help="list studies and their trials by state")
     p.add_argument("--storage", metavar="URL", help="default: every studies/*.journal")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["Normalisation", "front", "gain_at_matched_madds", "hypervolume",
-           "hypervolume_history", "madds_saved_at_matched_accuracy", "normalisation",
+           "hypervolume_history", "kendall_tau", "madds_saved_at_matched_accuracy", "normalisation",
            "pareto_front", "power_law_fit", "seed_means", "summary"]
 
 # A gain counts as real when it exceeds this many seed standard deviations of the baseline.
@@ -217,3 +217,62 @@ def summary(trials: pd.DataFrame) -> pd.DataFrame:
     cols = ["family", "trials", "front", "hypervolume", "madds_lo", "madds_hi", "gain_mean",
             "gain_max", "beyond_noise", "saved_median", "seed_std", "slope"]
     return pd.DataFrame(rows).reindex(columns=cols)
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Kendall's tau-b of two rankings and its two-sided p-value.
+
+    Without ties the p-value is exact: S = concordant - discordant pairs is counted over all n!
+    orderings through the number of permutations with k inversions (Mahonian numbers). With ties
+    it is the normal approximation with Kendall's (1945) tie-corrected variance.
+    """
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"kendall_tau: {n} values against {len(y)}")
+    if n < 2:
+        return math.nan, math.nan
+    conc = disc = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s = np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+            conc += s > 0
+            disc += s < 0
+    pairs = n * (n - 1) // 2
+    tx, ty = _tie_groups(x), _tie_groups(y)
+    n1 = sum(t * (t - 1) // 2 for t in tx)
+    n2 = sum(t * (t - 1) // 2 for t in ty)
+    if n1 == pairs or n2 == pairs:
+        return math.nan, math.nan  # one ranking is constant
+    S = int(conc - disc)
+    tau = S / math.sqrt((pairs - n1) * (pairs - n2))
+    if not n1 and not n2:
+        counts = _inversion_counts(n)  # S = pairs - 2 * inversions
+        extreme = sum(c for k, c in enumerate(counts) if abs(pairs - 2 * k) >= abs(S))
+        return tau, min(1.0, extreme / math.factorial(n))
+    v0 = n * (n - 1) * (2 * n + 5)
+    vt = sum(t * (t - 1) * (2 * t + 5) for t in tx)
+    vu = sum(u * (u - 1) * (2 * u + 5) for u in ty)
+    v1 = sum(t * (t - 1) for t in tx) * sum(u * (u - 1) for u in ty) / (2 * n * (n - 1))
+    v2 = (sum(t * (t - 1) * (t - 2) for t in tx) * sum(u * (u - 1) * (u - 2) for u in ty)
+          / (9 * n * (n - 1) * (n - 2))) if n > 2 else 0.0
+    var = (v0 - vt - vu) / 18 + v1 + v2
+    return tau, math.erfc(abs(S) / math.sqrt(var) / math.sqrt(2)) if var > 0 else math.nan
+
+
+def _tie_groups(values: Sequence[float]) -> list[int]:
+    counts: dict[float, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return [c for c in counts.values() if c > 1]
+
+
+def _inversion_counts(n: int) -> list[int]:
+    """How many permutations of n items have k inversions, k = 0 .. n(n-1)/2."""
+    counts = [1]
+    for m in range(2, n + 1):  # insert item m into each permutation of m - 1 items
+        new = [0] * (len(counts) + m - 1)
+        for k, c in enumerate(counts):
+            for extra in range(m):
+                new[k + extra] += c
+        counts = new
+    return counts

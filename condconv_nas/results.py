@@ -24,7 +24,7 @@ __all__ = ["StudyResults", "architecture_summary", "experts_by_block", "load_res
 
 COLUMNS = ["study", "family", "number", "state", "val_acc", "madds", "params", "multiplier",
            "seed", "label", "seconds", "images_per_s", "epochs_run", "feasible", "reused_from",
-           "worker", "fail_reason", "arch", "spec"]
+           "worker", "fail_reason", "weights_artifact", "arch", "spec"]
 
 
 @dataclass
@@ -98,6 +98,7 @@ def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame
             "images_per_s": a.get("images_per_s"), "epochs_run": a.get("epochs_run"),
             "feasible": not a.get("infeasible", False), "reused_from": a.get("reused_from"),
             "worker": a.get("worker", ""), "fail_reason": a.get("fail_reason", ""),
+            "weights_artifact": a.get("weights_artifact", ""),
             "arch": architecture_summary(a.get("spec")),
             "spec": json.dumps(a["spec"], sort_keys=True) if a.get("spec") else "",
         })
@@ -136,6 +137,7 @@ def _importances(study: optuna.Study) -> dict[str, float]:
 
 def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "") -> StudyResults:
     """The study `name` and its siblings `name.random` and `name.baseline`, as frames."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage,
                                                                    include_best_trial=False)}
     if name not in names:
@@ -155,6 +157,7 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
         if family == "search":
             manifest = dict(study.user_attrs.get("config") or {})
             manifest["madds_convention"] = study.user_attrs.get("madds_convention", "")
+            manifest["preprocess"] = study.user_attrs.get("preprocess")
             importances = _importances(study)
             fidelity = study.user_attrs.get("fidelity")
             first = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(

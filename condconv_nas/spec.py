@@ -11,11 +11,14 @@ from typing import Any
 
 __all__ = [
     "ACTIVATIONS",
+    "ARCH_FORMAT",
+    "ARCH_VERSION",
     "ROUTINGS",
     "ArchSpec",
     "BlockSpec",
     "SpecError",
     "StageSpec",
+    "check_arch_header",
     "conv_out_size",
     "make_divisible",
     "scale_depth",
@@ -316,10 +319,24 @@ class ArchSpec:
         except json.JSONDecodeError as err:
             raise SpecError(f"{file}: not valid JSON ({err.msg} at line {err.lineno})") from None
         if isinstance(data, dict) and "format" in data:
-            if data.get("format") != "condconv-nas/arch":
-                raise SpecError(f"{file}: format {data.get('format')!r} is not condconv-nas/arch")
+            check_arch_header(data, str(file))
             return cls.from_dict(data.get("spec"), f"{file}: spec")
         return cls.from_dict(data, f"{file}:")
+
+
+ARCH_FORMAT, ARCH_VERSION = "condconv-nas/arch", 1
+
+
+def check_arch_header(data: dict, source: str) -> None:
+    """Raise SpecError unless `data` is an arch.json of the format and version this code reads."""
+    if data.get("format") != ARCH_FORMAT:
+        raise SpecError(f"{source}: format {data.get('format')!r} is not {ARCH_FORMAT}; "
+                        "export one with `condconv-nas export`")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version != ARCH_VERSION:
+        raise SpecError(f"{source}: {ARCH_FORMAT} version {version!r} is not supported "
+                        f"(this condconv-nas reads version {ARCH_VERSION}); re-export it or "
+                        "upgrade condconv-nas")
 
 
 _STAGE_FIELDS = {f.name: f for f in dataclasses.fields(StageSpec)}

@@ -36,7 +36,8 @@ SAMPLERS = ("tpe", "nsga2", "random")
 # TPE's `group` and Study.set_metric_names are marked experimental; both are stable in use here.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
-         "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines"}
+         "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
+         "artifacts"}
 # Trial attributes that say what a queued trial is to run; a re-queued trial carries them over.
 _QUEUE_ATTRS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label")
 
@@ -86,7 +87,14 @@ class StudyConfig:
     train_limit: int | None = None
     pruner: PrunerConfig | None = None
     baselines: BaselineSettings = BaselineSettings()
+    artifacts: str = ""  # folder of the trained weights of front trials (Optuna artifacts)
     path: str = ""
+
+
+def preprocess_of(data) -> dict[str, Any]:
+    """How the network's input is made from uint8 images: x = (pixels / 255 - mean) / std."""
+    return {"in_channels": data.in_channels, "input_size": data.size, "scale": 1 / 255,
+            "mean": list(data.mean), "std": list(data.std), "num_classes": data.num_classes}
 
 
 def _int(source: str, key: str, value: Any, low: int) -> int:
@@ -154,6 +162,10 @@ def load_study_config(path: str | Path) -> StudyConfig:
         storage = str(path.parent / f"{name}.journal")
     elif "://" not in storage:
         storage = str(_relative(path, storage))
+    artifacts = data.get("artifacts")
+    if artifacts is not None and (not isinstance(artifacts, str) or not artifacts):
+        raise StudyError(f"{src}: artifacts: must be a folder path, got {artifacts!r}")
+    artifacts = str(_relative(path, artifacts) if artifacts else path.parent / f"{name}.artifacts")
     device = data.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
         raise StudyError(f"{src}: device: must be auto, cpu or cuda, got {device!r}")
@@ -172,7 +184,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         val_size=None if data.get("val_size") is None else _int(src, "val_size", data["val_size"], 1),
         train_limit=(None if data.get("train_limit") is None
                      else _int(src, "train_limit", data["train_limit"], 1)),
-        pruner=pruner, baselines=baselines, path=src)
+        pruner=pruner, baselines=baselines, artifacts=artifacts, path=src)
 
 
 def _baseline_settings(src: str, data: Any) -> BaselineSettings:
@@ -199,8 +211,16 @@ def _relative(study_file: Path, target: str) -> Path:
 # --- storage ------------------------------------------------------------------------------------
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """A journal file (a plain path, safe for local worker processes) or any Optuna storage URL."""
+def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
+    """A journal file (a plain path, safe for local worker processes) or any Optuna storage URL.
+
+    With `create=False` (readers: report, export, studies) a missing journal or SQLite file is an
+    error instead of a new empty file.
+    """
+    local = url if "://" not in url else url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if not create and local and not Path(local).is_file():
+        raise StorageError(f"storage {url} does not exist; run `condconv-nas search` first or "
+                           "give --storage")
     if "://" not in url:
         folder = Path(url).parent
         if not folder.is_dir():
@@ -245,7 +265,7 @@ def _journal_backend() -> type:
 
 def list_studies(url: str) -> list[dict]:
     """Studies in a storage with their trial counts by state."""
-    storage = open_storage(url)
+    storage = open_storage(url, create=False)
     out = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -412,7 +432,36 @@ class Objective:
             trial.set_user_attr(k, v)
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
+        if not self.baseline and _on_front(study, result.val_acc, cost.madds):
+            self._keep_weights(trial, model)
         return result.val_acc, float(cost.madds)
+
+    def _keep_weights(self, trial: optuna.Trial, model) -> None:
+        """Store the trained weights as an Optuna artifact of the trial (front trials only)."""
+        import tempfile
+
+        import torch
+        from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+        folder = Path(self.cfg.artifacts)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Contiguous copies: a channels_last state dict loads anywhere, and the file is smaller.
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / f"trial{trial.number}.pt"
+            torch.save(state, file)
+            artifact = upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)),
+                                       file_path=str(file), study_or_trial=trial)
+        trial.set_user_attr("weights_artifact", artifact)
+
+
+def _on_front(study: optuna.Study, acc: float, madds: int) -> bool:
+    """Whether (acc, madds) is not dominated by a finished feasible trial of the study."""
+    for t in _feasible_done(study):
+        a, m = t.values
+        if a >= acc and m <= madds and (a > acc or m < madds):
+            return False
+    return True
 
 
 def should_prune(study: optuna.Study, madds: int, epoch: int, val_acc: float,
@@ -538,6 +587,8 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
                               sampler=make_sampler(cfg.sampler, cfg.seed + index, cfg.trials))
     data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
                         train_limit=cfg.train_limit, device=device)
+    if "preprocess" not in study.user_attrs:  # what an exported model expects of its input
+        study.set_user_attr("preprocess", preprocess_of(data))
     objective = Objective(cfg, data, device, baseline=baseline)
     finished = 0
     while (trial := _claim(study, cfg, objective.worker, queued_only=baseline)) is not None:
@@ -609,7 +660,7 @@ def _manifest(cfg: StudyConfig) -> dict[str, Any]:
             "split_seed": cfg.seed, "seed": cfg.seed, "sampler": cfg.sampler,
             "budget_madds": cfg.budget_madds, "recipe": dataclasses.asdict(cfg.recipe),
             "trials": cfg.trials, "pruner": dataclasses.asdict(cfg.pruner) if cfg.pruner else None,
-            "baselines": dataclasses.asdict(cfg.baselines)}
+            "baselines": dataclasses.asdict(cfg.baselines), "artifacts": cfg.artifacts}
 
 
 def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:

@@ -144,3 +144,46 @@ def test_summary_rows_and_gains():
     # Shared scale: log10 MAdds 5..7, accuracy 0.99 (worst seed) .. 1.25. Width's seed means
     # (1.0, 1e5), (1.1, 1e6), (1.2, 1e7) give strips 1 * 0.01/0.26 + 0.5 * 0.1/0.26.
     assert s.loc["width", "hypervolume"] == pytest.approx(0.01 / 0.26 + 0.5 * 0.1 / 0.26)
+
+
+# --- Kendall tau -----------------------------------------------------------------------------------
+
+from condconv_nas.pareto import kendall_tau  # noqa: E402
+
+
+def test_kendall_tau_by_hand():
+    # x = 1..5, y = 3 4 1 2 5: of the 10 pairs, (1,2) (1,5) (2,5) (3,4) (3,5) (4,5) are
+    # concordant and (1,3) (1,4) (2,3) (2,4) discordant: tau = (6 - 4) / 10.
+    tau, _ = kendall_tau([1, 2, 3, 4, 5], [3, 4, 1, 2, 5])
+    assert tau == pytest.approx(0.2)
+    # n = 4 in the same order: only 1 of the 24 orderings is as extreme each way.
+    tau, p = kendall_tau([1, 2, 3, 4], [10, 20, 30, 40])
+    assert tau == 1.0 and p == pytest.approx(2 / 24)
+    assert kendall_tau([1, 2, 3], [3, 2, 1])[0] == -1.0
+    assert math.isnan(kendall_tau([1, 2, 3], [5, 5, 5])[0])
+
+
+def test_kendall_exact_p_matches_enumeration():
+    # Reference: enumerate all 720 orderings of 6 items and count those at least as extreme.
+    import itertools
+
+    x = [0.1, 0.5, 0.3, 0.9, 0.7, 0.2]
+    y = [0.2, 0.4, 0.5, 0.8, 0.6, 0.1]
+    tau, p = kendall_tau(x, y)
+
+    def s_of(a, b):
+        return sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
+                   for i in range(len(a)) for j in range(i + 1, len(a)))
+
+    s_obs = s_of(x, y)
+    extreme = sum(abs(s_of(x, perm)) >= abs(s_obs) for perm in itertools.permutations(y))
+    assert p == pytest.approx(extreme / 720)
+    assert tau == pytest.approx(s_obs / 15)
+
+
+def test_kendall_with_ties_uses_tau_b():
+    # Ties in x: pairs (1,2) tied. tau-b = (C - D) / sqrt((n0 - n1) (n0 - n2)).
+    x, y = [1, 1, 2, 3], [1, 2, 3, 4]
+    tau, p = kendall_tau(x, y)
+    assert tau == pytest.approx(5 / math.sqrt(5 * 6))
+    assert 0 < p < 1

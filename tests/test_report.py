@@ -166,7 +166,11 @@ def test_report_on_study_without_finished_trials(tmp_path, capsys):
 
 def test_cli_report_errors(tmp_path, capsys):
     study_file = fake_study(tmp_path, baselines=False)
-    assert main(["report", str(study_file), "--storage", str(tmp_path / "other.journal")]) == 2
+    other = tmp_path / "other.journal"
+    assert main(["report", str(study_file), "--storage", str(other)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not other.exists()  # nothing created
+    open_storage(str(other))  # an empty journal: the study is not in it
+    assert main(["report", str(study_file), "--storage", str(other)]) == 2
     assert "not in storage" in capsys.readouterr().err
     assert main(["report", str(study_file), "-o", str(tmp_path / "x.png")]) == 2
     assert ".html" in capsys.readouterr().err

@@ -1,0 +1,332 @@
+"""Pick an architecture from a study, write it out (arch.json, weights, TorchScript, ONNX, card),
+and load it back.
+
+An export folder holds:
+- `arch.json`: `{"format": "condconv-nas/arch", "version": 1, "spec", "metrics", "provenance",
+  "preprocess", "weights"}`;
+- `weights.pt`: a state dict (the trial's proxy weights, or the retrained ones);
+- `model.ts`: TorchScript (traced, batch size free);
+- `model.onnx`: with `onnx=True` (needs the `onnx` extra);
+- `MODEL_CARD.md`: what it is, how it scored, how to load it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__
+from .cost import CONVENTION, count_cost
+from .pareto import front
+from .results import StudyResults
+from .space import parse_count
+from .spec import ARCH_FORMAT, ARCH_VERSION, ArchSpec, SpecError, check_arch_header
+
+__all__ = ["ExportError", "Pick", "export_trial", "knee_index", "load_arch", "parse_pick",
+           "pick_trial", "read_arch"]
+
+
+class ExportError(Exception):
+    """An export that cannot be made or read; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Pick:
+    """Which trial to export: best, knee, budget=<MAdds> or trial=<number>."""
+
+    kind: str
+    value: int | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}={self.value}"
+
+
+def parse_pick(text: str) -> Pick:
+    """'best' | 'knee' | 'budget=30M' | 'trial=12' -> Pick; anything else is an ExportError."""
+    text = text.strip()
+    if text in ("best", "knee"):
+        return Pick(text)
+    m = re.fullmatch(r"(budget|trial)=(.+)", text)
+    if m and m.group(1) == "budget":
+        budget = parse_count(m.group(2))
+        if budget is not None and budget > 0:
+            return Pick("budget", budget)
+    if m and m.group(1) == "trial" and m.group(2).isdigit():
+        return Pick("trial", int(m.group(2)))
+    raise ExportError(f"--pick {text!r}: use best, knee, budget=<MAdds> (e.g. budget=30M) or "
+                      "trial=<number>")
+
+
+def knee_index(f: pd.DataFrame) -> int:
+    """Row of the front (sorted by MAdds) farthest above the chord joining its two ends.
+
+    Distances are taken on log-MAdds and accuracy each scaled to [0, 1] over the front; with
+    fewer than three points (no interior) the cheapest point is returned.
+    """
+    if len(f) < 3:
+        return 0
+    x = f.madds.map(math.log).to_numpy()
+    y = f.val_acc.to_numpy(float)
+    x = (x - x.min()) / ((x.max() - x.min()) or 1.0)
+    y = (y - y.min()) / ((y.max() - y.min()) or 1.0)
+    # Above the chord from (x0, y0) to (x1, y1): the signed distance, up to a constant factor.
+    dist = (x[-1] - x[0]) * (y - y[0]) - (y[-1] - y[0]) * (x - x[0])
+    return int(dist.argmax())
+
+
+def pick_trial(results: StudyResults, pick: Pick) -> pd.Series:
+    """The search trial (a row of results.finished) that `pick` names."""
+    done = results.finished
+    search = done[done.family == "search"]
+    if pick.kind == "trial":
+        rows = results.trials[(results.trials.family == "search")
+                              & (results.trials.number == pick.value)]
+        if rows.empty:
+            raise ExportError(f"study {results.name} has no trial {pick.value}")
+        row = rows.iloc[0]
+        if row.state != "COMPLETE" or not row.feasible:
+            why = "was over the MAdds budget" if not row.feasible else f"is {row.state}"
+            raise ExportError(f"trial {pick.value} of {results.name} {why}; pick a completed one")
+        return row
+    if search.empty:
+        raise ExportError(f"study {results.name} has no completed trials to export; run "
+                          "`condconv-nas search` first")
+    if pick.kind == "best":
+        return search.sort_values(["val_acc", "madds"], ascending=[False, True]).iloc[0]
+    if pick.kind == "knee":
+        f = front(search)
+        return f.iloc[knee_index(f)]
+    under = search[search.madds <= pick.value]
+    if under.empty:
+        raise ExportError(f"no completed trial of {results.name} has <= {pick.value:,} MAdds "
+                          f"(the cheapest has {int(search.madds.min()):,}); raise the budget")
+    return under.sort_values(["val_acc", "madds"], ascending=[False, True]).iloc[0]
+
+
+def _weights_of(results: StudyResults, row: pd.Series) -> str:
+    """The trial's weights artifact id, or that of the trial it reused ('' when none)."""
+    if row.weights_artifact:
+        return str(row.weights_artifact)
+    t = results.trials
+    same = t[(t.family == "search") & (t.reused_from == row.number) & (t.weights_artifact != "")]
+    return str(same.weights_artifact.iloc[0]) if len(same) else ""
+
+
+def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifacts: str = "",
+                 pick: Pick | None = None, onnx: bool = False,
+                 retrained: dict[str, Any] | None = None, model=None) -> dict[str, Path]:
+    """Write the export folder for one trial; `model` (retrained) replaces the proxy weights."""
+    import torch
+
+    from .model import build_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = ArchSpec.from_dict(json.loads(row.spec), f"trial {int(row.number)}: spec")
+    paths: dict[str, Path] = {}
+    weights = None
+    if model is not None:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                   out / "weights.pt")
+        weights = {"file": "weights.pt", "source": f"retrained {retrained['epochs']} epochs"}
+    artifact = _weights_of(results, row)
+    if artifact and artifacts:
+        from optuna.artifacts import FileSystemArtifactStore, download_artifact
+
+        target = out / ("proxy_weights.pt" if model is not None else "weights.pt")
+        target.unlink(missing_ok=True)  # download_artifact refuses to overwrite
+        try:
+            download_artifact(artifact_store=FileSystemArtifactStore(artifacts),
+                              file_path=str(target), artifact_id=artifact)
+        except Exception as err:  # a store moved or pruned: say so, keep going without
+            raise ExportError(f"weights of trial {int(row.number)} (artifact {artifact}) cannot "
+                              f"be read from {artifacts}: {err}") from None
+        if model is None:
+            weights = {"file": "weights.pt", "source": f"proxy trial {int(row.number)}"}
+        else:
+            paths["proxy_weights"] = target
+    if model is None:
+        model = build_model(spec)
+        if weights:
+            model.load_state_dict(torch.load(out / "weights.pt", map_location="cpu",
+                                             weights_only=True))
+    model = model.cpu().eval()
+    cost = count_cost(spec)
+    m = results.manifest
+    record = {
+        "format": ARCH_FORMAT, "version": ARCH_VERSION, "spec": spec.to_dict(),
+        "metrics": {"val_acc": float(row.val_acc), "madds": cost.madds, "params": cost.params,
+                    "proxy_epochs": int(row.epochs_run) if row.epochs_run == row.epochs_run
+                    and row.epochs_run is not None else None,
+                    "retrained": retrained},
+        "provenance": {"study": results.name, "storage": results.storage,
+                       "trial": int(row.number), "pick": str(pick) if pick else None,
+                       "seed": m.get("seed"), "dataset": m.get("dataset"),
+                       "train_limit": m.get("train_limit"), "recipe": m.get("recipe"),
+                       "versions": {**(m.get("versions") or {}), "condconv_nas": __version__},
+                       "madds_convention": CONVENTION,
+                       "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+        "preprocess": m.get("preprocess"),
+        "weights": weights,
+    }
+    (out / "arch.json").write_text(json.dumps(record, indent=2) + "\n")
+    paths["arch"] = out / "arch.json"
+    if weights:
+        paths["weights"] = out / "weights.pt"
+    example = torch.zeros(2, spec.in_channels, spec.input_size, spec.input_size)
+    portable = portable_copy(model)
+    paths["torchscript"] = _torchscript(portable, example, out / "model.ts")
+    if onnx:
+        paths["onnx"] = _onnx(portable, example, out / "model.onnx")
+    paths["card"] = _card(record, out / "MODEL_CARD.md", sorted(p.name for p in paths.values()))
+    return paths
+
+
+def portable_copy(model):
+    """A copy whose CondConv layers take paths that hold for any batch size once traced.
+
+    The fastest path for a shape may fold the batch into conv groups, which a trace would freeze
+    at the example's batch size. Exported graphs use batched matmul for 1x1 convs and
+    all-experts-then-mix for the others: exact, and free in the batch dimension.
+    """
+    import copy
+
+    from .layers import CondConv2d
+
+    out = copy.deepcopy(model).eval()
+    for m in out.modules():
+        if isinstance(m, CondConv2d):
+            m.path = "bmm" if (m.kernel_size == 1 and m.groups == 1 and m.padding == 0) else "experts"
+    return out
+
+
+def _torchscript(model, example, path: Path) -> Path:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes on Python ints; the paths are batch-free
+        traced = torch.jit.trace(model, example, check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+def _onnx(model, example, path: Path) -> Path:
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
+        raise ExportError("ONNX export needs the onnx extra: pip install 'condconv-nas[onnx]'")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # notes about torchvision ops this model does not use
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), input_names=["images"],
+                          output_names=["logits"], dynamic_shapes={"x": {0: batch}},
+                          dynamo=True)
+    quiet.setLevel(level)
+    return path
+
+
+def _card(record: dict[str, Any], path: Path, files: list[str]) -> Path:
+    spec = ArchSpec.from_dict(record["spec"])
+    met, prov, pre = record["metrics"], record["provenance"], record.get("preprocess") or {}
+    blocks = spec.blocks()
+    condconv = [f"{b.name} ({b.experts} experts)" for b in blocks if b.condconv]
+    retrained = met.get("retrained")
+    lines = [
+        f"# {prov['study']} trial {prov['trial']}" + (f" ({prov['pick']})" if prov["pick"] else ""),
+        "",
+        f"An MBConv network of {len(blocks)} blocks for {spec.in_channels}x{spec.input_size}x"
+        f"{spec.input_size} images and {spec.num_classes} classes, found by condconv-nas "
+        f"{record['provenance']['versions'].get('condconv_nas', '')}.",
+        "",
+        "| figure | value |", "| --- | --- |",
+        f"| MAdds per image | {met['madds']:,} |",
+        f"| parameters | {met['params']:,} |",
+        f"| proxy val accuracy | {met['val_acc']:.4f} ({met.get('proxy_epochs') or '?'} epochs, "
+        f"{prov.get('train_limit') or 'all'} training images) |",
+    ]
+    if retrained:
+        test = retrained.get("test_acc")
+        lines += [f"| retrained val accuracy | {retrained['val_acc']:.4f} "
+                  f"({retrained['epochs']} epochs) |",
+                  f"| retrained test accuracy | {test:.4f} |" if test is not None else ""]
+    lines += [
+        "",
+        f"CondConv blocks: {', '.join(condconv) if condconv else 'none (a static network)'}.",
+        "",
+        "## Provenance",
+        f"- study `{prov['study']}`, trial {prov['trial']}, storage `{prov['storage']}`",
+        f"- dataset `{prov.get('dataset')}`, split seed {prov.get('seed')}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in sorted(prov['versions'].items()))}",
+        f"- MAdds convention: {prov['madds_convention']}",
+        "",
+        "## Use",
+        "Input: float images, `x = (pixels / 255 - mean) / std` per channel"
+        + (f" with mean {pre.get('mean')} and std {pre.get('std')}." if pre else "."),
+        "",
+        "```python",
+        "import condconv_nas as cn",
+        f"model = cn.load_arch('{path.parent.name}/arch.json')   # eval mode, weights loaded",
+        "# or, without condconv-nas: torch.jit.load('model.ts')",
+        "```",
+        "",
+        f"Files: {', '.join(files + ['MODEL_CARD.md'])}.",
+        "",
+    ]
+    path.write_text("\n".join(line for line in lines if line is not None))
+    return path
+
+
+def read_arch(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """The validated arch.json record and its folder; `path` is the file or its folder."""
+    path = Path(path)
+    file = path / "arch.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except OSError as err:
+        raise SpecError(f"{file}: cannot read ({err.strerror})") from None
+    except json.JSONDecodeError as err:
+        raise SpecError(f"{file}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{file}: not an arch.json (a JSON object with format {ARCH_FORMAT})")
+    check_arch_header(data, str(file))
+    ArchSpec.from_dict(data.get("spec"), f"{file}: spec")
+    return data, file.parent
+
+
+def load_arch(path: str | Path, weights: bool = True):
+    """Rebuild the exported model (eval mode); with `weights`, load its weights.pt."""
+    import torch
+
+    from .model import build_model
+
+    record, folder = read_arch(path)
+    spec = ArchSpec.from_dict(record["spec"], "spec")
+    model = build_model(spec)
+    if weights:
+        info = record.get("weights") or {}
+        file = folder / info.get("file", "weights.pt")
+        if not info or not file.exists():
+            raise ExportError(f"{folder}: no weights stored with this export ({file.name} "
+                              "missing); use load_arch(..., weights=False) or export with "
+                              "--retrain N")
+        model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    return model.eval()

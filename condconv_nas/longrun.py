@@ -1,0 +1,125 @@
+"""Longer runs of a study's architectures: retraining at full budget, and proxy fidelity.
+
+`retrain` trains one architecture with the study's recipe for N epochs on the whole training
+split (no `train_limit`), scored on the study's own validation split and, when asked, the test
+split. `run_fidelity` retrains K search-front and K baseline architectures that way and measures
+whether the proxy ranked them as the longer runs do (Kendall tau); the result is stored in the
+study so the report shows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from .pareto import front, kendall_tau, seed_means
+from .results import load_results
+from .spec import ArchSpec
+
+__all__ = ["fidelity_points", "retrain", "run_fidelity", "verdict"]
+
+
+def retrain(cfg, spec: ArchSpec, epochs: int, device: str = "auto", eval_test: bool = False,
+            progress: bool = False):
+    """Train `spec` for `epochs` on the full training split; returns (model, FitResult, data)."""
+    import torch
+
+    from .data import load_dataset, resize
+    from .model import build_model
+    from .train import check_batch_size, fit, resolve_device
+
+    dev = resolve_device(device if device != "auto" else cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
+                        train_limit=None, device=dev)
+    recipe = dataclasses.replace(cfg.recipe, epochs=epochs)
+    check_batch_size(recipe, data)
+    run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec)
+    result = fit(model, run_data, recipe, eval_test=eval_test, progress=progress)
+    return model, result, data
+
+
+def fidelity_points(trials: pd.DataFrame, top: int) -> list[dict[str, Any]]:
+    """K search-front points and K baseline points, each spread evenly over MAdds."""
+    done = trials
+    points: list[dict[str, Any]] = []
+    search = front(done[done.family == "search"])
+    for _, r in _spread(search, top).iterrows():
+        points.append({"source": "search", "name": f"trial {int(r.number)}", "spec": r.spec,
+                       "madds": int(r.madds), "proxy_acc": float(r.val_acc)})
+    base = done[~done.family.isin(["search", "random"])]
+    if not base.empty:
+        means = seed_means(base).merge(
+            base[base.seed == 0][["family", "multiplier", "spec", "label"]],
+            on=["family", "multiplier"], how="inner").drop_duplicates("spec")
+        for _, r in _spread(means.sort_values("madds"), top).iterrows():
+            points.append({"source": r.family, "name": r.label, "spec": r.spec,
+                           "madds": int(r.madds), "proxy_acc": float(r.val_acc)})
+    return points
+
+
+def _spread(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """k rows evenly spaced over a frame sorted by MAdds (all of them when there are fewer)."""
+    df = df.sort_values("madds").reset_index(drop=True)
+    if len(df) <= k:
+        return df
+    idx = sorted({round(i * (len(df) - 1) / (k - 1)) for i in range(k)}) if k > 1 else [len(df) - 1]
+    return df.iloc[idx]
+
+
+def verdict(tau: float, p_value: float, n: int) -> str:
+    """What a reader may conclude from the proxy's rank agreement."""
+    if n < 4 or math.isnan(tau):
+        return "Too few architectures to judge the proxy; retrain more (--top)."
+    if tau >= 0.6 and p_value < 0.05:
+        return "The proxy ranks architectures as the longer runs do: its front is evidence."
+    if tau < 0.3 or p_value >= 0.1:
+        return ("The proxy does NOT rank architectures as the longer runs do: the search and "
+                "baseline comparison at this proxy budget is not evidence. Lengthen the proxy "
+                "(more epochs or images) and search again.")
+    return "The proxy agrees only weakly with the longer runs: read its gains with caution."
+
+
+def run_fidelity(cfg, top: int, epochs: int, device: str = "auto",
+                 print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Retrain the chosen points (resuming finished ones), store and return the fidelity record."""
+    from .study import open_storage
+
+    storage = open_storage(cfg.storage, create=False)
+    results = load_results(storage, cfg.name, cfg.storage)
+    points = fidelity_points(results.finished, top)
+    if not points:
+        raise LookupError(f"study {cfg.name} has no completed trials; run the search first")
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    done: dict[str, Any] = dict(study.user_attrs.get("fidelity_runs") or {})
+    print_fn(f"fidelity of {cfg.name}: {len(points)} architectures, {epochs} epochs each on the "
+             f"full training split ({sum(_key(p, epochs) in done for p in points)} already done)")
+    for i, p in enumerate(points, 1):
+        key = _key(p, epochs)
+        if key not in done:
+            spec = ArchSpec.from_dict(json.loads(p["spec"]))
+            _, result, _ = retrain(cfg, spec, epochs, device)
+            done[key] = {"val_acc": result.val_acc, "seconds": result.seconds}
+            study.set_user_attr("fidelity_runs", done)  # each run kept as it finishes
+        p["long_acc"] = done[key]["val_acc"]
+        print_fn(f"  {i}/{len(points)} {p['source']:>8} {p['name']:<22} {p['madds'] / 1e6:7.2f}M  "
+                 f"proxy {p['proxy_acc']:.4f}  {epochs}-epoch {p['long_acc']:.4f}")
+    tau, p_value = kendall_tau([p["proxy_acc"] for p in points], [p["long_acc"] for p in points])
+    record = {"tau": tau, "p_value": p_value, "n": len(points), "epochs": epochs,
+              "verdict": verdict(tau, p_value, len(points)),
+              "points": [{k: v for k, v in p.items() if k != "spec"} for p in points]}
+    study.set_user_attr("fidelity", record)
+    return record
+
+
+def _key(point: dict[str, Any], epochs: int) -> str:
+    import hashlib
+
+    return f"{hashlib.sha1(point['spec'].encode()).hexdigest()[:16]}@{epochs}"
