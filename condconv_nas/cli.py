@@ -165,6 +165,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     return _run_interruptible(lambda: run_search(cfg, print_fn=lambda s: print(s, flush=True)))
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Join a running study (search, or its baselines) from this machine."""
+    from .study import join_study, load_study_config, with_overrides
+
+    _positive(args, "trials", "workers")
+    cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
+                         storage=args.storage)
+    return _run_interruptible(lambda: join_study(cfg, print_fn=lambda s: print(s, flush=True),
+                                                 baseline=args.baselines))
+
+
 def cmd_baselines(args: argparse.Namespace) -> int:
     """Train the width, depth, compound and experts baselines into the sibling study X.baseline."""
     import dataclasses
@@ -382,6 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", action="store_true",
                    help="run the random-sampler control into the sibling study X.random")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("worker", help="join a running study from this machine",
+                       description="Join a study that `search` (or `baselines`) started in a "
+                       "shared storage (e.g. postgresql://...): claim trials until its budget is "
+                       "used; on databases a heartbeat lets others retry a trial whose worker dies.")
+    p.add_argument("study", metavar="studies/X.yaml")
+    p.add_argument("--storage", metavar="URL", help="the study's storage (default: the study file's)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine")
+    p.add_argument("--trials", type=int, metavar="N", help="total trials of the study")
+    p.add_argument("--baselines", action="store_true", help="join X.baseline instead of X")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("baselines", help="train width/depth/compound/experts baselines of a study",
                        description="Train the study's base network, CondConv off, scaled by "

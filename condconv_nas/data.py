@@ -98,12 +98,15 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
-        raise DataError(f"{path} is not an IDX file of the expected kind (magic {magic})")
+        raise DataError(f"{path} is not an IDX file of the expected kind (magic {magic}); put the "
+                        "original Fashion-MNIST file there (apt-get install --reinstall "
+                        "dataset-fashion-mnist)")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     count = int(np.prod(dims))
     if len(raw) - header != count:
         raise DataError(f"{path} is corrupt: header says {count} values, file has "
-                        f"{len(raw) - header}")
+                        f"{len(raw) - header}; reinstall it (apt-get install --reinstall "
+                        "dataset-fashion-mnist)")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 

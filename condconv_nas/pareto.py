@@ -121,18 +121,21 @@ def _curve(baseline: pd.DataFrame) -> pd.DataFrame:
 def gain_at_matched_madds(search_front: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     """Accuracy of each search front point minus the baseline front's, interpolated on log-MAdds.
 
-    Only points inside the baseline's MAdds range are compared (no extrapolation). `noise` is
+    Only points inside the baseline's MAdds range (its cheapest to its dearest point) are
+    compared, never extrapolated. Between front points the accuracy is interpolated; past the
+    front's last point it stays at that point's accuracy, since a dearer baseline that is less
+    accurate is dominated (at that budget one would use the front's point). `noise` is
     NOISE_SIGMAS seed standard deviations of the baseline there; `beyond_noise` says |gain| > noise.
     """
     curve = _curve(baseline)
+    top = baseline.madds.max() if len(baseline) else 0
     cols = ["madds", "val_acc", "baseline_acc", "gain", "noise", "beyond_noise"]
     if len(curve) < 1 or search_front.empty:
         return pd.DataFrame(columns=cols)
     x = np.log(curve.madds.to_numpy(float))
     std = curve.acc_std.to_numpy(float) if "acc_std" in curve else np.full(len(curve), np.nan)
-    inside = search_front[(search_front.madds >= curve.madds.min())
-                          & (search_front.madds <= curve.madds.max())]
-    lx = np.log(inside.madds.to_numpy(float))
+    inside = search_front[(search_front.madds >= curve.madds.min()) & (search_front.madds <= top)]
+    lx = np.log(inside.madds.to_numpy(float))  # np.interp holds the last value past the front
     base = np.interp(lx, x, curve.val_acc.to_numpy(float))
     noise = NOISE_SIGMAS * np.interp(lx, x, std)
     gain = inside.val_acc.to_numpy(float) - base

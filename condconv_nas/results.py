@@ -18,6 +18,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from .spec import ArchSpec, SpecError
+from .storage import stale_numbers
 
 __all__ = ["StudyResults", "architecture_summary", "experts_by_block", "load_results",
            "trials_frame"]
@@ -81,10 +82,12 @@ def experts_by_block(spec: dict[str, Any] | None) -> dict[str, int]:
 def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame:
     """One row per trial; `family` names search trials ('search' or 'random'), baselines carry theirs."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    stale = stale_numbers(trials)
+    for t in trials:
         a = t.user_attrs
-        if a.get("stale"):
-            continue  # an interrupted attempt, queued again as another trial
+        if t.number in stale and t.state != TrialState.COMPLETE:
+            continue  # a dead or interrupted attempt, queued again as another trial
         values = t.values or [None, None]
         curve = a.get("curve") or []
         acc = values[0] if t.state == TrialState.COMPLETE else (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -28,8 +27,20 @@ from .cost import CONVENTION, count_cost
 from .pareto import pareto_front
 from .space import SearchSpace, SpaceError, load_space, parse_count, read_yaml
 from .spec import ArchSpec
+from .storage import (
+    HEARTBEAT,
+    StorageError,
+    beating,
+    budget_used,
+    claim_lock,
+    fail_and_requeue,
+    list_studies,
+    open_storage,
+    reap_stale,
+    watchable_running,
+)
 
-__all__ = ["PrunerConfig", "StorageError", "StudyConfig", "StudyError", "list_studies",
+__all__ = ["PrunerConfig", "StorageError", "StudyConfig", "StudyError", "join_study", "list_studies",
            "load_study_config", "open_storage", "run_search"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -37,17 +48,12 @@ SAMPLERS = ("tpe", "nsga2", "random")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
          "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
-         "artifacts"}
-# Trial attributes that say what a queued trial is to run; a re-queued trial carries them over.
-_QUEUE_ATTRS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label")
+         "artifacts", "heartbeat"}
+
 
 
 class StudyError(SpaceError):
     """A study file that cannot be used; the message names file, key and reason."""
-
-
-class StorageError(Exception):
-    """A storage that cannot be opened; nothing was created."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class StudyConfig:
     pruner: PrunerConfig | None = None
     baselines: BaselineSettings = BaselineSettings()
     artifacts: str = ""  # folder of the trained weights of front trials (Optuna artifacts)
+    heartbeat: tuple[int, int] = HEARTBEAT  # database storages: beat interval, grace (seconds)
     path: str = ""
 
 
@@ -162,6 +169,17 @@ def load_study_config(path: str | Path) -> StudyConfig:
         storage = str(path.parent / f"{name}.journal")
     elif "://" not in storage:
         storage = str(_relative(path, storage))
+    heartbeat = HEARTBEAT
+    if data.get("heartbeat") is not None:
+        hb = data["heartbeat"]
+        if not isinstance(hb, dict) or set(hb) - {"interval", "grace"}:
+            raise StudyError(f"{src}: heartbeat: must be a mapping with interval and grace "
+                             "(seconds)")
+        heartbeat = (_int(src, "heartbeat.interval", hb.get("interval", HEARTBEAT[0]), 1),
+                     _int(src, "heartbeat.grace", hb.get("grace", HEARTBEAT[1]), 1))
+        if heartbeat[1] <= heartbeat[0]:
+            raise StudyError(f"{src}: heartbeat.grace: must exceed the interval "
+                             f"({heartbeat[0]} s), got {heartbeat[1]}")
     artifacts = data.get("artifacts")
     if artifacts is not None and (not isinstance(artifacts, str) or not artifacts):
         raise StudyError(f"{src}: artifacts: must be a folder path, got {artifacts!r}")
@@ -184,7 +202,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         val_size=None if data.get("val_size") is None else _int(src, "val_size", data["val_size"], 1),
         train_limit=(None if data.get("train_limit") is None
                      else _int(src, "train_limit", data["train_limit"], 1)),
-        pruner=pruner, baselines=baselines, artifacts=artifacts, path=src)
+        pruner=pruner, baselines=baselines, artifacts=artifacts, heartbeat=heartbeat, path=src)
 
 
 def _baseline_settings(src: str, data: Any) -> BaselineSettings:
@@ -209,71 +227,6 @@ def _relative(study_file: Path, target: str) -> Path:
 
 
 # --- storage ------------------------------------------------------------------------------------
-
-
-def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
-    """A journal file (a plain path, safe for local worker processes) or any Optuna storage URL.
-
-    With `create=False` (readers: report, export, studies) a missing journal or SQLite file is an
-    error instead of a new empty file.
-    """
-    local = url if "://" not in url else url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
-    if not create and local and not Path(local).is_file():
-        raise StorageError(f"storage {url} does not exist; run `condconv-nas search` first or "
-                           "give --storage")
-    if "://" not in url:
-        folder = Path(url).parent
-        if not folder.is_dir():
-            raise StorageError(f"storage {url}: folder {folder} does not exist")
-        from optuna.storages.journal import JournalFileOpenLock
-
-        lock = JournalFileOpenLock(url)  # works on filesystems without symlinks too
-        return optuna.storages.JournalStorage(_journal_backend()(url, lock_obj=lock))
-    if url.startswith("sqlite:///"):
-        file = Path(url[len("sqlite:///"):])
-        if file.name and not file.parent.is_dir():
-            raise StorageError(f"storage {url}: folder {file.parent} does not exist")
-    try:
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
-                                          heartbeat_stale_trial_callback=retry)
-    except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot open"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StorageError(f"storage {url}: cannot be opened ({reason[:160]})") from None
-
-
-def _journal_backend() -> type:
-    """Optuna's journal file backend without an fsync per write.
-
-    A trial makes ~20 writes; syncing each to disk cost ~1 ms, over 2% of a 1 s trial. The writes
-    still reach the kernel before the call returns (flush under the file lock), so a killed
-    worker loses nothing; only a machine crash can lose the last lines, and Optuna's reader
-    drops a torn last line.
-    """
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.storages.journal._file import get_lock_file
-
-    class UnsyncedJournalFileBackend(JournalFileBackend):
-        def append_logs(self, logs: list[dict[str, Any]]) -> None:
-            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
-            with get_lock_file(self._lock), open(self._file_path, "ab") as f:
-                f.write(text.encode("utf-8"))
-                f.flush()
-
-    return UnsyncedJournalFileBackend
-
-
-def list_studies(url: str) -> list[dict]:
-    """Studies in a storage with their trial counts by state."""
-    storage = open_storage(url, create=False)
-    out = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        counts: dict[str, int] = {}
-        for t in study.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        out.append({"name": summary.study_name, "trials": sum(counts.values()), **counts})
-    return out
 
 
 # --- samplers and objective ---------------------------------------------------------------------
@@ -481,61 +434,6 @@ def should_prune(study: optuna.Study, madds: int, epoch: int, val_acc: float,
 
 
 @contextlib.contextmanager
-def _claim_lock(storage_url: str) -> Iterator[None]:
-    """Serialise 'count, then ask' across local processes so the trial budget is never exceeded."""
-    if "://" in storage_url and not storage_url.startswith("sqlite:///"):
-        yield  # remote storages: see the worker docs (a heartbeat retries stale trials)
-        return
-    target = storage_url[len("sqlite:///"):] if "://" in storage_url else storage_url
-    with open(f"{target}.claim.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _counted(t: optuna.trial.FrozenTrial) -> bool:
-    """Trials that use the budget: all but queued ones and interrupted ones queued again."""
-    return t.state != TrialState.WAITING and not t.user_attrs.get("stale")
-
-
-def _requeue_stale(study: optuna.Study) -> int:
-    """RUNNING trials of dead local workers -> FAIL, their parameters queued again (once)."""
-    host = socket.gethostname()
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        w_host, _, pid = worker.rpartition(":")
-        if w_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        _fail_and_requeue(study, t, "its worker process died")
-        n += 1
-    return n
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fail_and_requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str) -> None:
-    storage = study._storage
-    storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-    storage.set_trial_user_attr(t._trial_id, "stale", True)
-    storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    if "retry_of" not in t.user_attrs:  # queued again once, never twice
-        carried = {k: t.user_attrs[k] for k in _QUEUE_ATTRS if k in t.user_attrs}
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **carried},
-                            skip_if_exists=False)
-
-
-@contextlib.contextmanager
 def _deferred_interrupt() -> Iterator[None]:
     """Hold Ctrl-C/SIGTERM until the block ends, so a trial is never half claimed or half told."""
     if threading.current_thread() is not threading.main_thread():
@@ -554,16 +452,24 @@ def _deferred_interrupt() -> Iterator[None]:
 
 
 def _claim(study: optuna.Study, cfg: StudyConfig, worker: str,
-           queued_only: bool = False) -> optuna.Trial | None:
-    with _deferred_interrupt(), _claim_lock(cfg.storage):
-        trials = study.get_trials(deepcopy=False)
-        if sum(_counted(t) for t in trials) >= cfg.trials:
-            return None
-        if queued_only and not any(t.state == TrialState.WAITING for t in trials):
-            return None  # baselines run what was queued, never a sampled trial
-        trial = study.ask()
-        trial.set_user_attr("worker", worker)  # lets a later run tell whether its owner died
-        return trial
+           queued_only: bool = False, poll: float = 2.0) -> optuna.Trial | None:
+    """The next trial to run, or None when the study's budget is used.
+
+    While the budget is reached only because other workers' trials are running, wait: if one of
+    them dies its trial is queued again and this worker runs it.
+    """
+    while True:
+        with _deferred_interrupt(), claim_lock(cfg.storage):
+            reap_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if budget_used(trials) < cfg.trials and (waiting or not queued_only):
+                trial = study.ask()
+                trial.set_user_attr("worker", worker)  # lets others tell whether its owner died
+                return trial
+            if not watchable_running(study):
+                return None  # done (baselines run what was queued, never a sampled trial)
+        time.sleep(poll)
 
 
 def _front_size(study: optuna.Study) -> int:
@@ -582,7 +488,7 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = resolve_device(cfg.device)
-    storage = open_storage(cfg.storage)
+    storage = open_storage(cfg.storage, heartbeat=cfg.heartbeat)
     study = optuna.load_study(study_name=cfg.name, storage=storage,
                               sampler=make_sampler(cfg.sampler, cfg.seed + index, cfg.trials))
     data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
@@ -601,13 +507,14 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
         t0 = time.perf_counter()
         state, values, note = TrialState.COMPLETE, None, ""
         try:
-            values = objective(study, trial)
+            with beating(study._storage, trial._trial_id):
+                values = objective(study, trial)
         except optuna.TrialPruned as err:
             state, note = TrialState.PRUNED, str(err)
         except KeyboardInterrupt:
             with _deferred_interrupt():
                 frozen = study._storage.get_trial(trial._trial_id)
-                _fail_and_requeue(study, frozen, "interrupted (Ctrl-C); queued to run again")
+                fail_and_requeue(study, frozen, "interrupted (Ctrl-C); queued to run again")
             raise
         except (NonFiniteLossError, RuntimeError, ValueError, MemoryError) as err:
             state, note = TrialState.FAIL, f"{type(err).__name__}: {err}"
@@ -642,7 +549,7 @@ def _worker_entry(cfg: StudyConfig, index: int, workers: int, env: dict[str, str
 def _open_study(cfg: StudyConfig, kind: str) -> optuna.Study:
     """Create or load the study; store its kind, config and the MAdds convention once."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(cfg.storage)
+    storage = open_storage(cfg.storage, heartbeat=cfg.heartbeat)
     study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
                                 directions=["maximize", "minimize"])
     if study.user_attrs.get("madds_convention") != CONVENTION:
@@ -665,11 +572,16 @@ def _manifest(cfg: StudyConfig) -> dict[str, Any]:
 
 def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Create or resume the study, then run its workers to the total trial budget."""
+    from .data import load_dataset
+
+    # A dataset that cannot be read is reported before the study is created or touched.
+    load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
+                 train_limit=cfg.train_limit, device="cpu")
     study = _open_study(cfg, "random-control" if cfg.name.endswith(".random") else "search")
-    stale = _requeue_stale(study)
+    stale = reap_stale(study)
     if stale:
         print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
-    done = sum(_counted(t) for t in study.get_trials(deepcopy=False))
+    done = budget_used(study.get_trials(deepcopy=False))
     if done >= cfg.trials:
         print_fn(f"study {cfg.name} already has {done} of {cfg.trials} trials; nothing to do "
                  f"(raise --trials to go on)")
@@ -677,6 +589,31 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
     print_fn(f"study {cfg.name}: {done} of {cfg.trials} trials done; storage {cfg.storage}; "
              f"{cfg.workers} worker(s); sampler {cfg.sampler}; budget {cfg.budget_madds:,} MAdds")
     return {"ran": _run_workers(cfg, print_fn, baseline=False)}
+
+
+def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
+               baseline: bool = False) -> dict:
+    """Join a study that `search` (or `baselines`) started, from any machine sharing its storage.
+
+    The worker claims trials until the study's budget is used, and while other workers' trials
+    run it stays to take over any whose worker dies (heartbeat on databases).
+    """
+    name = f"{cfg.name}.baseline" if baseline else cfg.name
+    storage = open_storage(cfg.storage, create=False, heartbeat=cfg.heartbeat)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        start = "baselines" if baseline else "search"
+        raise StudyError(f"{cfg.path}: study {name} is not in storage {cfg.storage}; start it "
+                         f"with `condconv-nas {start}` first") from None
+    if baseline:
+        trials = study.get_trials(deepcopy=False)
+        cfg = dataclasses.replace(baseline_study_config(cfg), trials=budget_used(trials) + sum(
+            t.state == TrialState.WAITING for t in trials))
+    done = budget_used(study.get_trials(deepcopy=False))
+    print_fn(f"joining study {name}: {done} of {cfg.trials} trials claimed; storage "
+             f"{cfg.storage}; {cfg.workers} worker(s)")
+    return {"ran": _run_workers(cfg, print_fn, baseline=baseline)}
 
 
 def _run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: bool) -> int:
@@ -719,10 +656,10 @@ def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> 
 
     grid = baseline_grid(space, settings.families, settings.points, adapt=adapt)
     study = _open_study(bcfg, "baseline")
-    stale = _requeue_stale(study)
+    stale = reap_stale(study)
     if stale:
         print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
-    with _deferred_interrupt(), _claim_lock(bcfg.storage):
+    with _deferred_interrupt(), claim_lock(bcfg.storage):
         have = {(t.user_attrs.get("baseline_label"), t.user_attrs.get("seed"))
                 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("stale")}
         queued = 0
@@ -734,8 +671,8 @@ def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> 
                     "baseline_spec": point.spec.to_dict(), "family": point.family,
                     "multiplier": point.multiplier, "seed": seed, "baseline_label": point.label})
                 queued += 1
-        total = sum(_counted(t) or t.state == TrialState.WAITING
-                    for t in study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        total = budget_used(trials) + sum(t.state == TrialState.WAITING for t in trials)
     bcfg = dataclasses.replace(bcfg, trials=total)
     done = total - sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
     print_fn(f"study {bcfg.name}: {len(grid)} architectures x {settings.seeds} seed(s) "

@@ -117,6 +117,16 @@ def test_gain_at_matched_madds_interpolates_on_log_madds_inside_range():
     assert bool(g.beyond_noise.iloc[0]) is True
 
 
+def test_gain_past_the_front_holds_its_last_accuracy():
+    # The dearest width point (1e8 MAdds, 0.9) is dominated by (1e7, 1.2): at 10^7.5 the baseline
+    # front still offers 1.2, and 10^7.5 lies inside the family's range (1e5 .. 1e8).
+    base = pd.concat([baseline_line(), pd.DataFrame([
+        {"family": "width", "multiplier": 9.0, "seed": s, "val_acc": 0.9, "madds": 1e8}
+        for s in (0, 1)])])
+    g = gain_at_matched_madds(frame([(1.25, 10 ** 7.5), (1.0, 10 ** 8.5)]), base)
+    assert list(g.madds) == [10 ** 7.5] and g.gain.iloc[0] == pytest.approx(1.25 - 1.2)
+
+
 def test_madds_saved_at_matched_accuracy():
     # 0.5 + 0.1 * log10(m) = 1.1 at m = 1e6: a search point there with 2.5e5 MAdds saves 75%.
     g = madds_saved_at_matched_accuracy(frame([(1.1, 2.5e5), (0.2, 10)]), baseline_line())

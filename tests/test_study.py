@@ -12,10 +12,10 @@ import yaml
 from optuna.trial import TrialState
 
 from condconv_nas.space import SpaceError
+from condconv_nas.storage import reap_stale
 from condconv_nas.study import (
     PrunerConfig,
     StorageError,
-    _requeue_stale,
     baseline_study_config,
     load_study_config,
     open_storage,
@@ -252,7 +252,7 @@ def test_requeued_baseline_keeps_its_point(tmp_path):
     study.enqueue_trial({}, user_attrs=point)
     trial = study.ask()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 12345}")  # a dead pid
-    assert _requeue_stale(study) == 1
+    assert reap_stale(study) == 1
     waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
     assert len(waiting) == 1
     assert {k: waiting[0].user_attrs[k] for k in point} == point
