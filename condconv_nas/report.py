@@ -299,9 +299,10 @@ seeds with one standard deviation as error bars.</p>
 {_headline(done)}
 <p class=muted>Gains compare the search front with each family's front, interpolated on log-MAdds,
 only inside the family's MAdds range; MAdds saved compare only inside its accuracy range; a dash
-means no search front point falls in that range. Hypervolume uses one reference point for all families (worst MAdds
-and accuracy of all trials; log-MAdds and accuracy scaled to [0, 1]). The slope is that of
-log error against log MAdds over the family's points (the search: its front).</p>
+means no search front point falls in that range. Hypervolume uses one reference point for all
+families (worst MAdds and accuracy of all trials; log-MAdds and accuracy scaled to [0, 1]).
+The slope is that of log error against log MAdds over the family's points (the search: its
+front).</p>
 {fidelity}
 {''.join(body)}
 <h2 id=trials-table>All trials</h2>
