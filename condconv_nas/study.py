@@ -85,7 +85,7 @@ class StudyConfig:
     sampler: str = "tpe"
     seed: int = 0
     storage: str = ""
-    workers: int = 1
+    workers: int = 0  # 0: one per visible GPU (device auto/cuda), else 1
     budget_madds: int = 0
     device: str = "auto"
     data_dir: str | None = None
@@ -197,7 +197,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
         name=name, space=space, dataset=dataset, recipe=recipe,
         trials=_int(src, "trials", data["trials"], 1), sampler=sampler,
         seed=_int(src, "seed", data.get("seed", 0), 0), storage=storage,
-        workers=_int(src, "workers", data.get("workers", 1), 1), budget_madds=budget,
+        workers=0 if data.get("workers") is None else _int(src, "workers", data["workers"], 1),
+        budget_madds=budget,
         device=device, data_dir=str(_relative(path, data_dir)) if data_dir else None,
         val_size=None if data.get("val_size") is None else _int(src, "val_size", data["val_size"], 1),
         train_limit=(None if data.get("train_limit") is None
@@ -577,6 +578,7 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
     # A dataset that cannot be read is reported before the study is created or touched.
     load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
                  train_limit=cfg.train_limit, device="cpu")
+    cfg = resolve_workers(cfg)
     study = _open_study(cfg, "random-control" if cfg.name.endswith(".random") else "search")
     stale = reap_stale(study)
     if stale:
@@ -599,6 +601,7 @@ def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
     run it stays to take over any whose worker dies (heartbeat on databases).
     """
     name = f"{cfg.name}.baseline" if baseline else cfg.name
+    cfg = resolve_workers(cfg)
     storage = open_storage(cfg.storage, create=False, heartbeat=cfg.heartbeat)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -614,6 +617,18 @@ def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
     print_fn(f"joining study {name}: {done} of {cfg.trials} trials claimed; storage "
              f"{cfg.storage}; {cfg.workers} worker(s)")
     return {"ran": _run_workers(cfg, print_fn, baseline=baseline)}
+
+
+def resolve_workers(cfg: StudyConfig) -> StudyConfig:
+    """The config with its worker count settled: when unset, one per visible GPU, else one."""
+    if cfg.workers:
+        return cfg
+    gpus = 0
+    if cfg.device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return dataclasses.replace(cfg, workers=max(1, gpus))
 
 
 def _run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: bool) -> int:
@@ -643,7 +658,7 @@ def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> 
     from .data import load_dataset
 
     settings = cfg.baselines
-    bcfg = baseline_study_config(cfg)
+    bcfg = baseline_study_config(resolve_workers(cfg))
     # The dataset's shape fixes input size, channels and classes of every baseline; loading it
     # here also reports a missing dataset before anything is queued.
     data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,

@@ -271,3 +271,31 @@ def test_control_study_uses_the_random_sampler(tmp_path, capsys):
     assert main(["search", str(path), "--control", "--sampler", "tpe"]) == 2
     assert main(["baselines", str(path), "--families", "width,height"]) == 2
     assert "'height' is not a family" in capsys.readouterr().err
+
+
+def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from condconv_nas.study import _worker_envs
+
+    cfg = dataclasses.replace(load_study_config(write_study(tmp_path)), workers=3, device="auto")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in _worker_envs(cfg)] == ["0", "1", "0"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    envs = _worker_envs(cfg)
+    assert all(e["OMP_NUM_THREADS"] == "2" and e["CUDA_VISIBLE_DEVICES"] == "" for e in envs)
+    cpu = dataclasses.replace(cfg, device="cpu")  # a CPU study never claims the GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert all("OMP_NUM_THREADS" in e for e in _worker_envs(cpu))
+    # Workers left unset: one per visible GPU, else one; a number given is kept.
+    from condconv_nas.study import resolve_workers
+
+    unset = load_study_config(write_study(tmp_path))
+    assert unset.workers == 0 and resolve_workers(unset).workers == 2
+    assert resolve_workers(dataclasses.replace(unset, device="cpu")).workers == 1
+    assert resolve_workers(cfg).workers == 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_workers(unset).workers == 1
