@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from ._version import __version__
 from .cost import count_cost
 from .presets import get_preset, preset_names
 from .spec import ArchSpec, SpecError, StageSpec
 
 __all__ = ["ArchSpec", "SpecError", "StageSpec", "__version__", "build_model", "count_cost",
            "get_preset", "load_arch", "preset_names"]
-
-__version__ = "0.1.0"
 
 
 def build_model(spec: ArchSpec):

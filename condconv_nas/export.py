@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import __version__
+from ._version import __version__
 from .cost import CONVENTION, count_cost
 from .pareto import front
 from .results import StudyResults

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from . import __version__
+from ._version import __version__
 from .baselines import FAMILIES, baseline_grid
 from .cost import CONVENTION, count_cost
 from .pareto import pareto_front
