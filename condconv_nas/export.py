@@ -115,7 +115,7 @@ def _weights_of(results: StudyResults, row: pd.Series) -> str:
     if row.weights_artifact:
         return str(row.weights_artifact)
     t = results.trials
-    same = t[(t.family == "search") & (t.reused_from == row.number) & (t.weights_artifact != "")]
+    same = t[(t.family == "search") & (t.number == row.reused_from) & (t.weights_artifact != "")]
     return str(same.weights_artifact.iloc[0]) if len(same) else ""
 
 
@@ -173,7 +173,9 @@ def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifac
                        "versions": {**(m.get("versions") or {}), "condconv_nas": __version__},
                        "madds_convention": CONVENTION,
                        "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
-        "preprocess": m.get("preprocess"),
+        # The network's own input size: a searched resolution differs from the dataset's.
+        "preprocess": ({**m["preprocess"], "input_size": spec.input_size}
+                       if m.get("preprocess") else None),
         "weights": weights,
     }
     (out / "arch.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -279,7 +281,8 @@ def _card(record: dict[str, Any], path: Path, files: list[str]) -> Path:
         f"- MAdds convention: {prov['madds_convention']}",
         "",
         "## Use",
-        "Input: float images, `x = (pixels / 255 - mean) / std` per channel"
+        f"Input: {spec.in_channels}x{spec.input_size}x{spec.input_size} images (resize others to "
+        f"{spec.input_size} px first), as floats `x = (pixels / 255 - mean) / std` per channel"
         + (f" with mean {pre.get('mean')} and std {pre.get('std')}." if pre else "."),
         "",
         "```python",

@@ -113,7 +113,8 @@ def hypervolume_history(df: pd.DataFrame, norm: Normalisation) -> pd.DataFrame:
 
 def _curve(baseline: pd.DataFrame) -> pd.DataFrame:
     """A baseline family's front of seed means, sorted by MAdds (accuracy rising)."""
-    aggregated = "acc_std" in baseline or "multiplier" not in baseline
+    aggregated = ("acc_std" in baseline or "multiplier" not in baseline
+                  or baseline.multiplier.isna().all())  # a search-like family (the control)
     means = baseline if aggregated else seed_means(baseline)
     return front(means)
 

@@ -154,6 +154,8 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             if t.system_attrs.get("failed_trial") == trial.number and "retry_of" not in t.user_attrs:
                 storage.set_trial_user_attr(t._trial_id, "retry_of", trial.number)
+                # Not the dead worker's: a reaper on its host must not take the retry for dead.
+                storage.set_trial_user_attr(t._trial_id, "worker", "")
                 storage.set_trial_user_attr(t._trial_id, "retry_reason",
                                             "its worker stopped beating (heartbeat)")
 
@@ -240,8 +242,10 @@ def fail_and_requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: s
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return 0  # another worker got there first (callers hold the claim lock, so rarely)
+    carried = {k: t.user_attrs[k] for k in QUEUE_ATTRS if k in t.user_attrs}
+    if not t.params and not carried:
+        return 1  # claimed but never sampled: nothing to run again
     if "retry_of" not in t.user_attrs:  # queued again once, never twice
-        carried = {k: t.user_attrs[k] for k in QUEUE_ATTRS if k in t.user_attrs}
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **carried},
                             skip_if_exists=False)
     return 1

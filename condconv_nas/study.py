@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,13 @@ from .storage import (
     beating,
     budget_used,
     claim_lock,
+    counted,
     fail_and_requeue,
+    heartbeat_enabled,
     list_studies,
     open_storage,
     reap_stale,
+    stale_numbers,
     watchable_running,
 )
 
@@ -425,6 +429,8 @@ def should_prune(study: optuna.Study, madds: int, epoch: int, val_acc: float,
         return False
     better = 0
     for t in _feasible_done(study):
+        if "reused_from" in t.user_attrs:
+            continue  # a repeat of a trained architecture is not another witness
         curve = t.user_attrs.get("curve") or []
         if t.user_attrs.get("madds", float("inf")) <= madds and len(curve) >= epoch:
             better += curve[epoch - 1]["val_acc"] > val_acc
@@ -460,17 +466,46 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str,
     them dies its trial is queued again and this worker runs it.
     """
     while True:
-        with _deferred_interrupt(), claim_lock(cfg.storage):
-            reap_stale(study)
-            trials = study.get_trials(deepcopy=False)
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            if budget_used(trials) < cfg.trials and (waiting or not queued_only):
-                trial = study.ask()
-                trial.set_user_attr("worker", worker)  # lets others tell whether its owner died
-                return trial
-            if not watchable_running(study):
-                return None  # done (baselines run what was queued, never a sampled trial)
+        trial = None
+        try:
+            with _deferred_interrupt(), claim_lock(cfg.storage):
+                reap_stale(study)
+                trials = study.get_trials(deepcopy=False)
+                waiting = any(t.state == TrialState.WAITING for t in trials)
+                if budget_used(trials) < cfg.trials and (waiting or not queued_only):
+                    trial = study.ask()
+                    trial.set_user_attr("worker", worker)  # lets others tell if its owner died
+                    if heartbeat_enabled(study._storage):
+                        study._storage.record_heartbeat(trial._trial_id)
+                    if _over_budget(study, trial, cfg.trials):
+                        continue  # another machine claimed the last trial first
+                    return trial
+                if not watchable_running(study):
+                    return None  # done (baselines run what was queued, never a sampled trial)
+        except KeyboardInterrupt:  # Ctrl-C held until the claim finished: give the trial back
+            if trial is not None:
+                with _deferred_interrupt():
+                    fail_and_requeue(study, study._storage.get_trial(trial._trial_id),
+                                     "interrupted (Ctrl-C) as it was claimed; queued again")
+            raise
         time.sleep(poll)
+
+
+def _over_budget(study: optuna.Study, trial: optuna.Trial, total: int) -> bool:
+    """On a database, count-then-ask is not atomic across machines: recount after asking.
+
+    The trials that use the budget, by number, are kept up to `total`; a later one gives itself
+    up (failed and stale: it never ran). Local storages hold the claim lock, so it never fires.
+    """
+    trials = study.get_trials(deepcopy=False)
+    stale = stale_numbers(trials)
+    kept = sorted(t.number for t in trials if counted(t, stale))
+    if trial.number in kept[:total]:
+        return False
+    study._storage.set_trial_user_attr(trial._trial_id, "stale", True)
+    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "claimed past the budget")
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return True
 
 
 def _front_size(study: optuna.Study) -> int:
@@ -479,7 +514,8 @@ def _front_size(study: optuna.Study) -> int:
 
 
 def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
-               print_fn: Callable[[str], None] = print, baseline: bool = False) -> int:
+               print_fn: Callable[[str], None] = print, baseline: bool = False,
+               salt: int = 0) -> int:
     """One worker: claim trials until the study's budget is used; returns trials it finished.
 
     With `baseline`, `cfg` is the baseline study's config and the worker runs queued points only.
@@ -490,8 +526,11 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = resolve_device(cfg.device)
     storage = open_storage(cfg.storage, heartbeat=cfg.heartbeat)
-    study = optuna.load_study(study_name=cfg.name, storage=storage,
-                              sampler=make_sampler(cfg.sampler, cfg.seed + index, cfg.trials))
+    # A fresh study on one machine is reproducible (seed + worker index); a resumed study and a
+    # joining machine draw new sequences instead of replaying the first run's (salt, trials so far).
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    seed = cfg.seed + index + 1009 * len(study.get_trials(deepcopy=False)) + salt
+    study.sampler = make_sampler(cfg.sampler, seed % 2**32, cfg.trials)
     data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
                         train_limit=cfg.train_limit, device=device)
     if "preprocess" not in study.user_attrs:  # what an exported model expects of its input
@@ -541,10 +580,10 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
 
 
 def _worker_entry(cfg: StudyConfig, index: int, workers: int, env: dict[str, str],
-                  baseline: bool) -> int:
+                  baseline: bool, salt: int) -> int:
     os.environ.update(env)  # before torch is imported in this process
     return run_worker(cfg, index, workers, print_fn=lambda s: print(s, flush=True),
-                      baseline=baseline)
+                      baseline=baseline, salt=salt)
 
 
 def _open_study(cfg: StudyConfig, kind: str) -> optuna.Study:
@@ -616,7 +655,9 @@ def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
     done = budget_used(study.get_trials(deepcopy=False))
     print_fn(f"joining study {name}: {done} of {cfg.trials} trials claimed; storage "
              f"{cfg.storage}; {cfg.workers} worker(s)")
-    return {"ran": _run_workers(cfg, print_fn, baseline=baseline)}
+    # Machines joining at once must not replay one another's samples: salt with host and pid.
+    salt = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    return {"ran": _run_workers(cfg, print_fn, baseline=baseline, salt=salt)}
 
 
 def resolve_workers(cfg: StudyConfig) -> StudyConfig:
@@ -631,14 +672,15 @@ def resolve_workers(cfg: StudyConfig) -> StudyConfig:
     return dataclasses.replace(cfg, workers=max(1, gpus))
 
 
-def _run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: bool) -> int:
+def _run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: bool,
+                 salt: int = 0) -> int:
     if cfg.workers == 1:
-        return run_worker(cfg, 0, 1, print_fn, baseline=baseline)
+        return run_worker(cfg, 0, 1, print_fn, baseline=baseline, salt=salt)
     from joblib import Parallel, delayed
 
     envs = _worker_envs(cfg)
     ran = Parallel(n_jobs=cfg.workers, backend="loky")(
-        delayed(_worker_entry)(cfg, i, cfg.workers, envs[i], baseline)
+        delayed(_worker_entry)(cfg, i, cfg.workers, envs[i], baseline, salt)
         for i in range(cfg.workers))
     return sum(ran)
 

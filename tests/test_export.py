@@ -64,6 +64,7 @@ def test_export_round_trip(searched, tmp_path, capsys):
                key=lambda t: (t.values[0], -t.values[1]))
     assert record["provenance"]["trial"] in {best.number, best.user_attrs.get("reused_from")}
     spec = ArchSpec.from_dict(record["spec"])
+    assert record["preprocess"]["input_size"] == spec.input_size  # what the network takes
     model = cn.load_arch(out)
     cost = cn.count_cost(spec)
     # Same params and MAdds as the stored trial, counted independently from the spec.
@@ -95,6 +96,16 @@ def test_export_round_trip(searched, tmp_path, capsys):
     assert np.abs(onnx_out - ref.numpy()).max() < 1e-4
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{cost.madds:,}" in card and "load_arch" in card
+
+
+def test_reused_trial_exports_the_weights_of_the_trial_it_reused():
+    from condconv_nas.export import _weights_of
+    from condconv_nas.results import StudyResults
+
+    t = pd.DataFrame({"family": "search", "number": [3, 7], "reused_from": [float("nan"), 3.0],
+                      "weights_artifact": ["art-3", ""]})
+    res = StudyResults(name="s", storage="", trials=t)
+    assert _weights_of(res, t.iloc[1]) == "art-3" and _weights_of(res, t.iloc[0]) == "art-3"
 
 
 def test_export_bad_input(searched, tmp_path, capsys):

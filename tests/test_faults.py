@@ -164,5 +164,6 @@ def test_silent_heartbeat_on_another_machine_is_failed_and_retried(tmp_path):
     retry = [t for t in trials if t.state == TrialState.WAITING]
     assert len(retry) == 1 and retry[0].user_attrs["retry_of"] == trial.number
     assert "heartbeat" in retry[0].user_attrs["retry_reason"]
+    assert retry[0].user_attrs["worker"] == ""  # not the dead worker's any more
     assert retry[0].params == dead.params
     assert not counted(dead, stale_numbers(trials))  # the dead attempt does not use the budget

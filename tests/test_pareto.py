@@ -197,3 +197,14 @@ def test_kendall_with_ties_uses_tau_b():
     tau, p = kendall_tau(x, y)
     assert tau == pytest.approx(5 / math.sqrt(5 * 6))
     assert 0 < p < 1
+
+
+def test_summary_compares_the_search_with_the_random_control():
+    # The control is search-like (no multipliers): its front is the curve, as given.
+    search = frame([(0.80, 2e6), (0.90, 8e6)])
+    control = pd.DataFrame({"family": "random", "val_acc": [0.75, 0.85], "madds": [1e6, 1e7],
+                            "multiplier": [math.nan, math.nan]})
+    s = summary(pd.concat([search, control])).set_index("family")
+    # At 2e6 (log-interpolated between 1e6 and 1e7) the control has 0.75 + 0.1 * log10(2).
+    expected = np.mean([0.80 - (0.75 + 0.1 * math.log10(2)), 0.90 - (0.75 + 0.1 * math.log10(8))])
+    assert s.loc["random", "gain_mean"] == pytest.approx(expected)

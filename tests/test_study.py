@@ -299,3 +299,61 @@ def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch
     assert resolve_workers(cfg).workers == 3
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert resolve_workers(unset).workers == 1
+
+
+def test_resumed_study_draws_new_samples(tmp_path):
+    # Resuming must not replay the first run's sequence (it would train repeats of its trials).
+    recipe = {"epochs": 1, "batch_size": 64, "lr": 0.2}
+    run_search(load_study_config(write_study(tmp_path, trials=3, sampler="random", recipe=recipe)),
+               print_fn=lambda s: None)
+    run_search(load_study_config(write_study(tmp_path, trials=6, sampler="random", recipe=recipe)),
+               print_fn=lambda s: None)
+    trials = load(tmp_path / "t.yaml").trials
+    assert [t.params for t in trials[:3]] != [t.params for t in trials[3:]]
+
+
+def test_interrupt_while_claiming_gives_the_trial_back(tmp_path, monkeypatch):
+    import signal as sig
+
+    from condconv_nas.study import _claim
+
+    cfg = load_study_config(write_study(tmp_path, trials=3))
+    study = optuna.create_study(study_name="t", storage=open_storage(cfg.storage),
+                                directions=["maximize", "minimize"])
+    ask = optuna.Study.ask
+
+    def ask_then_interrupt(self, *a, **k):
+        trial = ask(self, *a, **k)
+        sig.raise_signal(sig.SIGINT)  # arrives while the claim holds Ctrl-C back
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _claim(study, cfg, "me:1")
+    (t,) = study.get_trials()
+    assert t.state == TrialState.FAIL and t.user_attrs["stale"]  # not left RUNNING
+
+
+def test_over_budget_claim_gives_itself_up():
+    from condconv_nas.study import _over_budget
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for _ in range(3):
+        study.tell(study.ask(), [0.5, 1.0])
+    late = study.ask()  # as if two machines had both seen 2 of 3 and asked
+    assert _over_budget(study, late, 4) is False
+    assert _over_budget(study, late, 3) is True
+    frozen = study.get_trials()[late.number]
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["stale"]
+
+
+def test_pruner_ignores_repeats_of_one_architecture(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    curve = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.9}]
+    for i in range(3):  # one architecture, then two trials that reused its result
+        attrs = {"madds": 100, "curve": curve}
+        if i:
+            attrs["reused_from"] = 0
+        study.add_trial(optuna.trial.create_trial(values=[0.9, 100.0], user_attrs=attrs))
+    assert not should_prune(study, 200, 2, 0.8, PrunerConfig(k=2, warmup_epochs=1))
+    assert should_prune(study, 200, 2, 0.8, PrunerConfig(k=1, warmup_epochs=1))
