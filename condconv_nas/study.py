@@ -526,11 +526,10 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = resolve_device(cfg.device)
     storage = open_storage(cfg.storage, heartbeat=cfg.heartbeat)
-    # A fresh study on one machine is reproducible (seed + worker index); a resumed study and a
-    # joining machine draw new sequences instead of replaying the first run's (salt, trials so far).
-    study = optuna.load_study(study_name=cfg.name, storage=storage)
-    seed = cfg.seed + index + 1009 * len(study.get_trials(deepcopy=False)) + salt
-    study.sampler = make_sampler(cfg.sampler, seed % 2**32, cfg.trials)
+    # seed + worker index; `salt` (from the caller) moves resumed and joining runs to new sequences.
+    study = optuna.load_study(study_name=cfg.name, storage=storage,
+                              sampler=make_sampler(cfg.sampler, (cfg.seed + index + salt) % 2**32,
+                                                   cfg.trials))
     data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
                         train_limit=cfg.train_limit, device=device)
     if "preprocess" not in study.user_attrs:  # what an exported model expects of its input
@@ -629,7 +628,9 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
         return {"ran": 0}
     print_fn(f"study {cfg.name}: {done} of {cfg.trials} trials done; storage {cfg.storage}; "
              f"{cfg.workers} worker(s); sampler {cfg.sampler}; budget {cfg.budget_madds:,} MAdds")
-    return {"ran": _run_workers(cfg, print_fn, baseline=False)}
+    # A fresh study is reproducible (salt 0); a resumed one must not replay the first run's samples.
+    salt = 1009 * len(study.get_trials(deepcopy=False))
+    return {"ran": _run_workers(cfg, print_fn, baseline=False, salt=salt)}
 
 
 def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
@@ -656,7 +657,7 @@ def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
     print_fn(f"joining study {name}: {done} of {cfg.trials} trials claimed; storage "
              f"{cfg.storage}; {cfg.workers} worker(s)")
     # Machines joining at once must not replay one another's samples: salt with host and pid.
-    salt = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    salt = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) + 1009 * done
     return {"ran": _run_workers(cfg, print_fn, baseline=baseline, salt=salt)}
 
 
