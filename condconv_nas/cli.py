@@ -346,6 +346,15 @@ def _add_arch_source(p: argparse.ArgumentParser) -> None:
     src.add_argument("--arch", metavar="FILE.json", help="a spec JSON or an exported arch.json")
 
 
+def _study_parser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand that works on a study file, with --storage to point at another storage."""
+    p = sub.add_parser(name, **kwargs)
+    p.add_argument("study", metavar="studies/X.yaml")
+    p.add_argument("--storage", metavar="URL",
+                   help="journal file path or Optuna storage URL (default: the study file's)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -384,55 +393,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("search", help="run or resume a search study")
-    p.add_argument("study", metavar="studies/X.yaml")
+    p = _study_parser(sub, "search", help="run or resume a search study")
     p.add_argument("--trials", type=int, metavar="N", help="total trials of the study")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
-    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
     p.add_argument("--sampler", help="tpe (default), nsga2 or random")
     p.add_argument("--control", action="store_true",
                    help="run the random-sampler control into the sibling study X.random")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("worker", help="join a running study from this machine",
+    p = _study_parser(sub, "worker", help="join a running study from this machine",
                        description="Join a study that `search` (or `baselines`) started in a "
                        "shared storage (e.g. postgresql://...): claim trials until its budget is "
                        "used; on databases a heartbeat lets others retry a trial whose worker dies.")
-    p.add_argument("study", metavar="studies/X.yaml")
-    p.add_argument("--storage", metavar="URL", help="the study's storage (default: the study file's)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine")
     p.add_argument("--trials", type=int, metavar="N", help="total trials of the study")
     p.add_argument("--baselines", action="store_true", help="join X.baseline instead of X")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("baselines", help="train width/depth/compound/experts baselines of a study",
+    p = _study_parser(sub, "baselines", help="train width/depth/compound/experts baselines of a study",
                        description="Train the study's base network, CondConv off, scaled by "
                        "width, depth, compound (EfficientNet) and uniform expert counts over the "
                        "search's MAdds range, with the study's recipe, split and seeds, into the "
                        "sibling study X.baseline. Re-running resumes.")
-    p.add_argument("study", metavar="studies/X.yaml")
     p.add_argument("--families", metavar="LIST", help="comma-separated subset of width,depth,"
                    "compound,experts (default: the study file's, else all)")
     p.add_argument("--points", type=int, metavar="N", help="grid points per scaling family "
                    "(default 5)")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds per point (default 2)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
-    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
     p.set_defaults(func=cmd_baselines)
 
-    p = sub.add_parser("report", help="write the Pareto report (HTML + CSV) of a study")
-    p.add_argument("study", metavar="studies/X.yaml")
+    p = _study_parser(sub, "report", help="write the Pareto report (HTML + CSV) of a study")
     p.add_argument("-o", "--output", metavar="FILE.html", help="default reports/<name>.html")
-    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="export a study's architecture (arch.json, weights, "
+    p = _study_parser(sub, "export", help="export a study's architecture (arch.json, weights, "
                        "TorchScript, ONNX, model card)")
-    p.add_argument("study", metavar="studies/X.yaml")
     p.add_argument("--pick", default="best", help="best (default), knee, budget=30M or trial=N")
     p.add_argument("-o", "--output", metavar="DIR", help="default exports/<name>-trial<N>")
-    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (onnx extra)")
     p.add_argument("--retrain", type=int, metavar="EPOCHS",
                    help="first retrain on the full training split for EPOCHS epochs")
@@ -441,14 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("fidelity", help="does the proxy rank architectures as longer training "
+    p = _study_parser(sub, "fidelity", help="does the proxy rank architectures as longer training "
                        "does? (Kendall tau)")
-    p.add_argument("study", metavar="studies/X.yaml")
     p.add_argument("--top", type=int, default=3, metavar="K",
                    help="front points and baseline points to retrain (default 3 each)")
     p.add_argument("--epochs", type=int, default=10, metavar="N", help="long-run epochs (10)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--storage", metavar="URL", help="journal file path or Optuna storage URL")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(func=cmd_fidelity)
 

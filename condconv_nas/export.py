@@ -163,8 +163,7 @@ def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifac
     record = {
         "format": ARCH_FORMAT, "version": ARCH_VERSION, "spec": spec.to_dict(),
         "metrics": {"val_acc": float(row.val_acc), "madds": cost.madds, "params": cost.params,
-                    "proxy_epochs": int(row.epochs_run) if row.epochs_run == row.epochs_run
-                    and row.epochs_run is not None else None,
+                    "proxy_epochs": int(row.epochs_run) if pd.notna(row.epochs_run) else None,
                     "retrained": retrained},
         "provenance": {"study": results.name, "storage": results.storage,
                        "trial": int(row.number), "pick": str(pick) if pick else None,

@@ -30,13 +30,13 @@ def retrain(cfg, spec: ArchSpec, epochs: int, device: str = "auto", eval_test: b
     """Train `spec` for `epochs` on the full training split; returns (model, FitResult, data)."""
     import torch
 
-    from .data import load_dataset, resize
+    from .data import resize
     from .model import build_model
+    from .study import load_study_data
     from .train import check_batch_size, fit, resolve_device
 
     dev = resolve_device(device if device != "auto" else cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
-                        train_limit=None, device=dev)
+    data = load_study_data(cfg, dev, train_limit=None)
     recipe = dataclasses.replace(cfg.recipe, epochs=epochs)
     check_batch_size(recipe, data)
     run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
@@ -46,9 +46,8 @@ def retrain(cfg, spec: ArchSpec, epochs: int, device: str = "auto", eval_test: b
     return model, result, data
 
 
-def fidelity_points(trials: pd.DataFrame, top: int) -> list[dict[str, Any]]:
+def fidelity_points(done: pd.DataFrame, top: int) -> list[dict[str, Any]]:
     """K search-front points and K baseline points, each spread evenly over MAdds."""
-    done = trials
     points: list[dict[str, Any]] = []
     search = front(done[done.family == "search"])
     for _, r in _spread(search, top).iterrows():

@@ -193,7 +193,7 @@ def _fmt(value: Any, kind: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if kind == "pct":
-        return f"{100 * value:+.2f} pp" if kind == "pct" else ""
+        return f"{100 * value:+.2f} pp"
     if kind == "share":
         return f"{100 * value:.1f}%"
     if kind == "madds":
@@ -234,8 +234,7 @@ def _trial_table(trials: pd.DataFrame) -> str:
     for r in trials.to_dict("records"):
         note = r["fail_reason"] or ("over budget" if not r["feasible"] else
                                     f"same as #{int(r['reused_from'])}"
-                                    if r["reused_from"] == r["reused_from"] and
-                                    r["reused_from"] is not None else "")
+                                    if pd.notna(r["reused_from"]) else "")
         cells = []
         for c, _ in cols:
             v = note if c == "fail_reason" else r[c]

@@ -108,6 +108,15 @@ def preprocess_of(data) -> dict[str, Any]:
             "mean": list(data.mean), "std": list(data.std), "num_classes": data.num_classes}
 
 
+def load_study_data(cfg: StudyConfig, device: Any = "cpu", train_limit: Any = "study"):
+    """The study's dataset and validation split on `device` (`train_limit` None: every image)."""
+    from .data import load_dataset
+
+    limit = cfg.train_limit if train_limit == "study" else train_limit
+    return load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
+                        train_limit=limit, device=device)
+
+
 def _int(source: str, key: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise StudyError(f"{source}: {key}: must be an integer >= {low}, got {value!r}")
@@ -415,11 +424,8 @@ class Objective:
 
 def _on_front(study: optuna.Study, acc: float, madds: int) -> bool:
     """Whether (acc, madds) is not dominated by a finished feasible trial of the study."""
-    for t in _feasible_done(study):
-        a, m = t.values
-        if a >= acc and m <= madds and (a > acc or m < madds):
-            return False
-    return True
+    points = [(t.values[0], t.values[1]) for t in _feasible_done(study)]
+    return len(points) in pareto_front([*points, (acc, madds)])
 
 
 def should_prune(study: optuna.Study, madds: int, epoch: int, val_acc: float,
@@ -515,12 +521,11 @@ def _front_size(study: optuna.Study) -> int:
 
 def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
                print_fn: Callable[[str], None] = print, baseline: bool = False,
-               salt: int = 0) -> int:
+               salt: int = 0, data=None) -> int:
     """One worker: claim trials until the study's budget is used; returns trials it finished.
 
     With `baseline`, `cfg` is the baseline study's config and the worker runs queued points only.
     """
-    from .data import load_dataset
     from .train import NonFiniteLossError, resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -530,8 +535,8 @@ def run_worker(cfg: StudyConfig, index: int = 0, workers: int = 1,
     study = optuna.load_study(study_name=cfg.name, storage=storage,
                               sampler=make_sampler(cfg.sampler, (cfg.seed + index + salt) % 2**32,
                                                    cfg.trials))
-    data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
-                        train_limit=cfg.train_limit, device=device)
+    if data is None or data.train.images.device != device:
+        data = load_study_data(cfg, device)
     if "preprocess" not in study.user_attrs:  # what an exported model expects of its input
         study.set_user_attr("preprocess", preprocess_of(data))
     objective = Objective(cfg, data, device, baseline=baseline)
@@ -611,17 +616,16 @@ def _manifest(cfg: StudyConfig) -> dict[str, Any]:
 
 def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Create or resume the study, then run its workers to the total trial budget."""
-    from .data import load_dataset
-
-    # A dataset that cannot be read is reported before the study is created or touched.
-    load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
-                 train_limit=cfg.train_limit, device="cpu")
     cfg = resolve_workers(cfg)
+    # A dataset that cannot be read is reported before the study is created or touched; a single
+    # in-process worker then trains on this very copy.
+    data = load_study_data(cfg)
     study = _open_study(cfg, "random-control" if cfg.name.endswith(".random") else "search")
     stale = reap_stale(study)
     if stale:
         print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
-    done = budget_used(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    done = budget_used(trials)
     if done >= cfg.trials:
         print_fn(f"study {cfg.name} already has {done} of {cfg.trials} trials; nothing to do "
                  f"(raise --trials to go on)")
@@ -629,8 +633,7 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
     print_fn(f"study {cfg.name}: {done} of {cfg.trials} trials done; storage {cfg.storage}; "
              f"{cfg.workers} worker(s); sampler {cfg.sampler}; budget {cfg.budget_madds:,} MAdds")
     # A fresh study is reproducible (salt 0); a resumed one must not replay the first run's samples.
-    salt = 1009 * len(study.get_trials(deepcopy=False))
-    return {"ran": _run_workers(cfg, print_fn, baseline=False, salt=salt)}
+    return {"ran": _run_workers(cfg, print_fn, baseline=False, salt=1009 * len(trials), data=data)}
 
 
 def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
@@ -661,22 +664,24 @@ def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
     return {"ran": _run_workers(cfg, print_fn, baseline=baseline, salt=salt)}
 
 
+def _visible_gpus(cfg: StudyConfig) -> int:
+    """GPUs a study may use: none for a CPU study, else every visible one."""
+    if cfg.device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def resolve_workers(cfg: StudyConfig) -> StudyConfig:
     """The config with its worker count settled: when unset, one per visible GPU, else one."""
-    if cfg.workers:
-        return cfg
-    gpus = 0
-    if cfg.device != "cpu":
-        import torch
-
-        gpus = torch.cuda.device_count()
-    return dataclasses.replace(cfg, workers=max(1, gpus))
+    return cfg if cfg.workers else dataclasses.replace(cfg, workers=max(1, _visible_gpus(cfg)))
 
 
 def _run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: bool,
-                 salt: int = 0) -> int:
+                 salt: int = 0, data=None) -> int:
     if cfg.workers == 1:
-        return run_worker(cfg, 0, 1, print_fn, baseline=baseline, salt=salt)
+        return run_worker(cfg, 0, 1, print_fn, baseline=baseline, salt=salt, data=data)
     from joblib import Parallel, delayed
 
     envs = _worker_envs(cfg)
@@ -698,14 +703,11 @@ def control_study_config(cfg: StudyConfig) -> StudyConfig:
 
 def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Queue the baseline grid (points not yet stored) in `X.baseline` and train it."""
-    from .data import load_dataset
-
     settings = cfg.baselines
     bcfg = baseline_study_config(resolve_workers(cfg))
     # The dataset's shape fixes input size, channels and classes of every baseline; loading it
     # here also reports a missing dataset before anything is queued.
-    data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
-                        train_limit=cfg.train_limit, device="cpu")
+    data = load_study_data(cfg)
     space = cfg.space
 
     def adapt(spec: ArchSpec) -> ArchSpec:
@@ -739,16 +741,12 @@ def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> 
     if done >= total:
         print_fn("nothing to do (raise baselines.points or seeds to go on)")
         return {"ran": 0}
-    return {"ran": _run_workers(bcfg, print_fn, baseline=True)}
+    return {"ran": _run_workers(bcfg, print_fn, baseline=True, data=data)}
 
 
 def _worker_envs(cfg: StudyConfig) -> list[dict[str, str]]:
     """One GPU per worker when there are GPUs, else the CPU threads split between workers."""
-    gpus = 0
-    if cfg.device != "cpu":
-        import torch
-
-        gpus = torch.cuda.device_count()
+    gpus = _visible_gpus(cfg)
     if gpus:
         return [{"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i in range(cfg.workers)]
     threads = max(1, len(os.sched_getaffinity(0)) // cfg.workers)
