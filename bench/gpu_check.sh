@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results}"
-mkdir -p "$out"
+mkdir -p "$out" && out="$(cd "$out" && pwd)"  # absolute: the study file names it from elsewhere
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
@@ -47,8 +47,8 @@ search() {
   sed -e 's/^name: .*/name: gpu_quickstart/' -e 's/^device: .*/device: cuda/' \
     -e 's/^workers: .*/workers: 1/' studies/quickstart.yaml > "$f"
   [ -d .fmnist ] && echo "data_dir: ../.fmnist" >> "$f"
-  printf 'storage: %s\nartifacts: %s\n' "$PWD/$out/gpu_quickstart.journal" \
-    "$PWD/$out/gpu_quickstart.artifacts" >> "$f"
+  printf 'storage: %s\nartifacts: %s\n' "$out/gpu_quickstart.journal" \
+    "$out/gpu_quickstart.artifacts" >> "$f"
   local t0; t0=$(date +%s)
   python3 -m condconv_nas.cli search "$f" | tail -2
   python3 -m condconv_nas.cli baselines "$f" | tail -2
