@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .cost import count_cost
+from .record import BASELINE_FAMILIES
 from .space import SearchSpace
 from .spec import ArchSpec
 
 __all__ = ["ALPHA", "BETA", "FAMILIES", "BaselinePoint", "baseline_grid", "search_range",
            "static_base"]
 
-FAMILIES = ("width", "depth", "compound", "experts")
+FAMILIES = BASELINE_FAMILIES  # the order of every table and figure
 ALPHA, BETA = 1.2, 1.29  # depth and width growth per unit of phi; 1.2 * 1.29**2 = 2.00
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
+
 __all__ = ["DATASETS", "DataError", "Dataset", "Split", "augment", "load_dataset", "normalize", "resize"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -34,7 +36,7 @@ _STATS = {
 }
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset that cannot be found or read; the message says where it should be."""
 
 

@@ -18,22 +18,30 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ._version import __version__
 from .cost import CONVENTION, count_cost
+from .errors import UserError
 from .pareto import front
+from .record import SEARCH
 from .results import StudyResults
 from .space import parse_count
 from .spec import ARCH_FORMAT, ARCH_VERSION, ArchSpec, SpecError, check_arch_header
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .config import StudyConfig
+
 __all__ = ["ExportError", "Pick", "export_trial", "knee_index", "load_arch", "parse_pick",
-           "pick_trial", "read_arch"]
+           "pick_trial", "read_arch", "retrain_trial"]
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """An export that cannot be made or read; the message says why and what to do."""
 
 
@@ -84,9 +92,9 @@ def knee_index(f: pd.DataFrame) -> int:
 def pick_trial(results: StudyResults, pick: Pick) -> pd.Series:
     """The search trial (a row of results.finished) that `pick` names."""
     done = results.finished
-    search = done[done.family == "search"]
+    search = done[done.family == SEARCH]
     if pick.kind == "trial":
-        rows = results.trials[(results.trials.family == "search")
+        rows = results.trials[(results.trials.family == SEARCH)
                               & (results.trials.number == pick.value)]
         if rows.empty:
             raise ExportError(f"study {results.name} has no trial {pick.value}")
@@ -115,13 +123,26 @@ def _weights_of(results: StudyResults, row: pd.Series) -> str:
     if row.weights_artifact:
         return str(row.weights_artifact)
     t = results.trials
-    same = t[(t.family == "search") & (t.number == row.reused_from) & (t.weights_artifact != "")]
+    same = t[(t.family == SEARCH) & (t.number == row.reused_from) & (t.weights_artifact != "")]
     return str(same.weights_artifact.iloc[0]) if len(same) else ""
+
+
+def retrain_trial(cfg: StudyConfig, row: pd.Series, epochs: int, device: str = "auto",
+                  progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Retrain a picked trial's network for `epochs` on the full split; the model and its record."""
+    from .longrun import retrain
+
+    spec = ArchSpec.from_dict(json.loads(row.spec), f"trial {int(row.number)}: spec")
+    model, result, data = retrain(cfg, spec, epochs, device, eval_test=True, progress=progress)
+    return model, {"epochs": epochs, "val_acc": result.val_acc, "test_acc": result.test_acc,
+                   "seconds": round(result.seconds, 1), "train_images": len(data.train),
+                   "device": result.device}
 
 
 def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifacts: str = "",
                  pick: Pick | None = None, onnx: bool = False,
-                 retrained: dict[str, Any] | None = None, model=None) -> dict[str, Path]:
+                 retrained: dict[str, Any] | None = None,
+                 model: nn.Module | None = None) -> dict[str, Path]:
     """Write the export folder for one trial; `model` (retrained) replaces the proxy weights."""
     import torch
 
@@ -190,7 +211,7 @@ def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifac
     return paths
 
 
-def portable_copy(model):
+def portable_copy(model: nn.Module) -> nn.Module:
     """A copy whose CondConv layers take paths that hold for any batch size once traced.
 
     The fastest path for a shape may fold the batch into conv groups, which a trace would freeze
@@ -208,7 +229,7 @@ def portable_copy(model):
     return out
 
 
-def _torchscript(model, example, path: Path) -> Path:
+def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     import warnings
 
     import torch
@@ -220,7 +241,7 @@ def _torchscript(model, example, path: Path) -> Path:
     return path
 
 
-def _onnx(model, example, path: Path) -> Path:
+def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     import importlib.util
 
     import torch

@@ -13,26 +13,39 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
 
+from .errors import UserError
 from .pareto import front, kendall_tau, seed_means
+from .record import SEARCH, SEARCH_FAMILIES
 from .results import load_results
 from .spec import ArchSpec
 
-__all__ = ["fidelity_points", "retrain", "run_fidelity", "verdict"]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .config import StudyConfig
+    from .data import Dataset
+    from .train import FitResult
+
+__all__ = ["LongRunError", "fidelity_points", "retrain", "run_fidelity", "verdict"]
 
 
-def retrain(cfg, spec: ArchSpec, epochs: int, device: str = "auto", eval_test: bool = False,
-            progress: bool = False):
+class LongRunError(UserError, LookupError):
+    """Nothing to retrain: the study has no completed trials."""
+
+
+def retrain(cfg: StudyConfig, spec: ArchSpec, epochs: int, device: str = "auto", eval_test: bool = False,
+            progress: bool = False) -> tuple[nn.Module, FitResult, Dataset]:
     """Train `spec` for `epochs` on the full training split; returns (model, FitResult, data)."""
     import torch
 
+    from .config import load_study_data
     from .data import resize
     from .model import build_model
-    from .study import load_study_data
     from .train import check_batch_size, fit, resolve_device
 
     dev = resolve_device(device if device != "auto" else cfg.device)
@@ -49,11 +62,11 @@ def retrain(cfg, spec: ArchSpec, epochs: int, device: str = "auto", eval_test: b
 def fidelity_points(done: pd.DataFrame, top: int) -> list[dict[str, Any]]:
     """K search-front points and K baseline points, each spread evenly over MAdds."""
     points: list[dict[str, Any]] = []
-    search = front(done[done.family == "search"])
+    search = front(done[done.family == SEARCH])
     for _, r in _spread(search, top).iterrows():
-        points.append({"source": "search", "name": f"trial {int(r.number)}", "spec": r.spec,
+        points.append({"source": SEARCH, "name": f"trial {int(r.number)}", "spec": r.spec,
                        "madds": int(r.madds), "proxy_acc": float(r.val_acc)})
-    base = done[~done.family.isin(["search", "random"])]
+    base = done[~done.family.isin(SEARCH_FAMILIES)]
     if not base.empty:
         means = seed_means(base).merge(
             base[base.seed == 0][["family", "multiplier", "spec", "label"]],
@@ -86,16 +99,16 @@ def verdict(tau: float, p_value: float, n: int) -> str:
     return "The proxy agrees only weakly with the longer runs: read its gains with caution."
 
 
-def run_fidelity(cfg, top: int, epochs: int, device: str = "auto",
+def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
                  print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Retrain the chosen points (resuming finished ones), store and return the fidelity record."""
-    from .study import open_storage
+    from .storage import open_storage
 
     storage = open_storage(cfg.storage, create=False)
     results = load_results(storage, cfg.name, cfg.storage)
     points = fidelity_points(results.finished, top)
     if not points:
-        raise LookupError(f"study {cfg.name} has no completed trials; run the search first")
+        raise LongRunError(f"study {cfg.name} has no completed trials; run the search first")
     study = optuna.load_study(study_name=cfg.name, storage=storage)
     done: dict[str, Any] = dict(study.user_attrs.get("fidelity_runs") or {})
     print_fn(f"fidelity of {cfg.name}: {len(points)} architectures, {epochs} epochs each on the "

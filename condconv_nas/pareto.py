@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .record import FAMILY_ORDER, SEARCH
+
 __all__ = ["Normalisation", "front", "gain_at_matched_madds", "hypervolume",
            "hypervolume_history", "kendall_tau", "madds_saved_at_matched_accuracy", "normalisation",
            "pareto_front", "power_law_fit", "seed_means", "summary"]
@@ -195,11 +197,10 @@ def summary(trials: pd.DataFrame) -> pd.DataFrame:
     and gain_max (search over the family at matched MAdds), beyond_noise ('k of n'), saved_median
     (MAdds saved at matched accuracy), seed_std (median over points) and slope (power law).
     """
-    families = [f for f in ("search", "random", "width", "depth", "compound", "experts")
-                if f in set(trials.family)] + sorted(set(trials.family) - {
-                    "search", "random", "width", "depth", "compound", "experts"})
+    families = [f for f in FAMILY_ORDER if f in set(trials.family)] + sorted(
+        set(trials.family) - set(FAMILY_ORDER))
     norm = normalisation(trials)
-    search = front(trials[trials.family == "search"])
+    search = front(trials[trials.family == SEARCH])
     rows = []
     for family in families:
         sub = trials[trials.family == family]
@@ -210,7 +211,7 @@ def summary(trials: pd.DataFrame) -> pd.DataFrame:
                "madds_hi": int(sub.madds.max()),
                "slope": power_law_fit(points if baseline else front(sub))["slope"],
                "seed_std": float(points.acc_std.median()) if baseline else math.nan}
-        if family != "search" and not search.empty:
+        if family != SEARCH and not search.empty:
             gains = gain_at_matched_madds(search, points)
             saved = madds_saved_at_matched_accuracy(search, points)
             row.update(gain_mean=float(gains.gain.mean()) if len(gains) else math.nan,

@@ -1,6 +1,7 @@
 """The Pareto report: one self-contained HTML page (plotly.js embedded once) plus CSV files.
 
-Torch-free: everything here comes from the frames of `results.load_results`.
+Torch-free: everything here comes from the frames of `results.load_results`. As in Optuna's plots,
+`<name>_info` computes a figure's plain data (a frozen dataclass) and `<name>_plot` only draws it.
 """
 
 from __future__ import annotations
@@ -8,23 +9,32 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from . import pareto
+from .errors import UserError
+from .record import BASELINE_FAMILIES, FAMILY_ORDER, RANDOM, SEARCH, SEARCH_FAMILIES
 from .results import StudyResults, experts_by_block
 
-__all__ = ["ReportError", "build_figures", "render_html", "write_report"]
+__all__ = ["BaselineSeries", "Curve", "EdfInfo", "HypervolumeInfo", "ImportanceInfo", "ParetoInfo",
+           "PlacementInfo", "ReportError", "TrialSeries", "build_figures", "edf_info", "edf_plot",
+           "hypervolume_info", "hypervolume_plot", "importance_info", "importance_plot", "pareto_info",
+           "pareto_plot", "placement_info", "placement_plot", "render_html", "write_report"]
 
-COLORS = {"search": "#d62728", "random": "#7f7f7f", "width": "#1f77b4", "depth": "#2ca02c",
-          "compound": "#9467bd", "experts": "#ff7f0e"}
+# One colour per family, keyed in FAMILY_ORDER: the order of every legend, table and figure.
+COLORS = dict(zip(FAMILY_ORDER, ("#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e")))
+FAMILY_LABELS = {RANDOM: "random control"}  # legend names that differ from the family's
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """A report that cannot be made; the message says why and what to run."""
 
 
@@ -32,46 +42,93 @@ def _color(family: str) -> str:
     return COLORS.get(family, "#17becf")
 
 
-def _hover(df: pd.DataFrame) -> list[str]:
-    return [f"#{int(r.number)} {html.escape(str(r.label or r.family))}<br>val acc {r.val_acc:.4f}"
-            f"<br>{r.madds / 1e6:.2f}M MAdds, {(r.params or 0) / 1e6:.2f}M params"
-            f"<br>{html.escape(str(r.arch))}" for r in df.itertuples()]
+def _ordered(families: Iterable[str], among: Iterable[str]) -> list[str]:
+    """The distinct families that are in `among`: FAMILY_ORDER's in its order, then others sorted."""
+    seen = set(families) & set(among)
+    return [f for f in FAMILY_ORDER if f in seen] + sorted(seen - set(FAMILY_ORDER))
 
 
-def fig_pareto(done: pd.DataFrame, budget: float | None) -> go.Figure:
+@dataclass(frozen=True)
+class TrialSeries:
+    """Trials of one search family as points: trial number, MAdds, accuracy and hover text each."""
+
+    family: str
+    number: tuple[int, ...]
+    madds: tuple[int, ...]
+    val_acc: tuple[float, ...]
+    hover: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BaselineSeries:
+    """A baseline family's seed means by MAdds: multiplier, MAdds, mean and std accuracy, seeds."""
+
+    family: str
+    multiplier: tuple[float, ...]
+    madds: tuple[int, ...]
+    val_acc: tuple[float, ...]
+    acc_std: tuple[float, ...]  # 0 where a point has one seed
+    seeds: tuple[int, ...]
+    hover: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ParetoInfo:
+    """The accuracy-MAdds figure's data: per search family all trials and its front; baselines."""
+
+    trials: tuple[TrialSeries, ...]
+    fronts: tuple[TrialSeries, ...]  # one per entry of `trials`, sorted by MAdds
+    baselines: tuple[BaselineSeries, ...]
+    budget: float | None
+
+
+def pareto_info(done: pd.DataFrame, budget: float | None = None) -> ParetoInfo:
+    """Every search trial and each search family's front, and each baseline's seed-mean curve."""
+    trials: list[TrialSeries] = []
+    fronts: list[TrialSeries] = []
+    for family in _ordered(done.family, SEARCH_FAMILIES):
+        sub = done[done.family == family]
+        for out, df in ((trials, sub), (fronts, pareto.front(sub))):
+            text = (f"#{int(r.number)} {html.escape(str(r.label or r.family))}<br>val acc {r.val_acc:.4f}"
+                    f"<br>{r.madds / 1e6:.2f}M MAdds, {(r.params or 0) / 1e6:.2f}M params"
+                    f"<br>{html.escape(str(r.arch))}" for r in df.itertuples())
+            out.append(TrialSeries(family, tuple(map(int, df.number)), tuple(map(int, df.madds)),
+                                   tuple(map(float, df.val_acc)), tuple(text)))
+    baselines: list[BaselineSeries] = []
+    for family in _ordered(done.family, BASELINE_FAMILIES):
+        sub = done[done.family == family]
+        means = pareto.seed_means(sub).sort_values("madds").fillna({"acc_std": 0.0})
+        labels = sub.drop_duplicates("multiplier").set_index("multiplier").label
+        hover = tuple(f"{html.escape(str(labels.get(r.multiplier, '')))}<br>val acc {r.val_acc:.4f} ± "
+                      f"{r.acc_std:.4f} ({r.seeds} seeds)<br>{r.madds / 1e6:.2f}M MAdds"
+                      for r in means.itertuples())
+        baselines.append(BaselineSeries(family, tuple(map(float, means.multiplier)),
+                                        tuple(map(int, means.madds)), tuple(map(float, means.val_acc)),
+                                        tuple(map(float, means.acc_std)), tuple(map(int, means.seeds)),
+                                        hover))
+    return ParetoInfo(tuple(trials), tuple(fronts), tuple(baselines), budget)
+
+
+def pareto_plot(info: ParetoInfo) -> go.Figure:
     """Accuracy against MAdds (log x): every trial, the fronts, baseline curves with seed bars."""
     fig = go.Figure()
-    for family in ("search", "random"):
-        sub = done[done.family == family]
-        if sub.empty:
-            continue
-        name = "search" if family == "search" else "random control"
-        fig.add_trace(go.Scatter(x=sub.madds, y=sub.val_acc, mode="markers",
-                                 name=f"{name}: all trials", legendgroup=family,
-                                 marker={"color": _color(family), "size": 6, "opacity": 0.35},
-                                 hovertext=_hover(sub), hoverinfo="text"))
-        f = pareto.front(sub)
-        fig.add_trace(go.Scatter(x=f.madds, y=f.val_acc, mode="lines+markers",
-                                 name=f"{name}: front", legendgroup=family,
-                                 line={"color": _color(family), "shape": "hv", "width": 2},
-                                 marker={"size": 9}, hovertext=_hover(f), hoverinfo="text"))
-    base = done[~done.family.isin(["search", "random"])]
-    for family in [f for f in ("width", "depth", "compound", "experts") if f in set(base.family)]:
-        sub = base[base.family == family]
-        means = pareto.seed_means(sub).sort_values("madds")
-        labels = sub.drop_duplicates("multiplier").set_index("multiplier").label
-        text = [f"{html.escape(str(labels.get(m, '')))}<br>val acc {a:.4f} ± {s:.4f} "
-                f"({n} seeds)<br>{md / 1e6:.2f}M MAdds"
-                for m, a, s, n, md in zip(means.multiplier, means.val_acc,
-                                          means.acc_std.fillna(0), means.seeds, means.madds)]
-        fig.add_trace(go.Scatter(x=means.madds, y=means.val_acc, mode="lines+markers",
-                                 name=f"baseline: {family}", line={"color": _color(family),
-                                                                   "dash": "dot"},
-                                 error_y={"type": "data", "array": means.acc_std.fillna(0),
-                                          "visible": True},
-                                 hovertext=text, hoverinfo="text"))
-    if budget:
-        fig.add_vline(x=budget, line={"color": "#444", "dash": "dash", "width": 1},
+    for every, front in zip(info.trials, info.fronts):
+        family, name = every.family, FAMILY_LABELS.get(every.family, every.family)
+        fig.add_trace(go.Scatter(x=np.asarray(every.madds), y=np.asarray(every.val_acc), mode="markers",
+                                 name=f"{name}: all trials", legendgroup=family, hovertext=every.hover,
+                                 hoverinfo="text",
+                                 marker={"color": _color(family), "size": 6, "opacity": 0.35}))
+        fig.add_trace(go.Scatter(x=np.asarray(front.madds), y=np.asarray(front.val_acc), mode="lines+markers",
+                                 name=f"{name}: front", legendgroup=family, hovertext=front.hover,
+                                 hoverinfo="text", line={"color": _color(family), "shape": "hv", "width": 2},
+                                 marker={"size": 9}))
+    for b in info.baselines:
+        fig.add_trace(go.Scatter(x=np.asarray(b.madds), y=np.asarray(b.val_acc), mode="lines+markers",
+                                 name=f"baseline: {b.family}", hovertext=b.hover, hoverinfo="text",
+                                 line={"color": _color(b.family), "dash": "dot"},
+                                 error_y={"type": "data", "array": np.asarray(b.acc_std), "visible": True}))
+    if info.budget:
+        fig.add_vline(x=info.budget, line={"color": "#444", "dash": "dash", "width": 1},
                       annotation_text="budget", annotation_position="top left")
     fig.update_layout(title="Validation accuracy against MAdds", xaxis_type="log",
                       xaxis_title="MAdds per image (log)", yaxis_title="validation accuracy",
@@ -79,20 +136,42 @@ def fig_pareto(done: pd.DataFrame, budget: float | None) -> go.Figure:
     return fig
 
 
-def fig_hypervolume(done: pd.DataFrame, norm: pareto.Normalisation) -> go.Figure:
+@dataclass(frozen=True)
+class Curve:
+    """One family's line: x and y in drawing order (trial number and hypervolume; error and EDF)."""
+
+    family: str
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class HypervolumeInfo:
+    """Hypervolume so far per search family, and one value per baseline family (one reference)."""
+
+    histories: tuple[Curve, ...]  # x: trial number, y: hypervolume of the trials up to it
+    baselines: tuple[tuple[str, float], ...]  # (family, hypervolume of its seed means)
+
+
+def hypervolume_info(done: pd.DataFrame, norm: pareto.Normalisation) -> HypervolumeInfo:
+    """Hypervolume histories of the search families and values of the others, all on `norm`."""
+    history = {f: pareto.hypervolume_history(done[done.family == f], norm)
+               for f in _ordered(done.family, SEARCH_FAMILIES)}
+    baselines = _ordered(done.family, set(done.family) - set(SEARCH_FAMILIES))
+    return HypervolumeInfo(tuple(Curve(f, tuple(map(int, h.number)), tuple(map(float, h.hypervolume)))
+                                 for f, h in history.items()),
+                           tuple((f, pareto.hypervolume(pareto.seed_means(done[done.family == f]), norm))
+                                 for f in baselines))
+
+
+def hypervolume_plot(info: HypervolumeInfo) -> go.Figure:
     """Hypervolume of the front so far against trial number; baselines as flat lines."""
     fig = go.Figure()
-    for family in ("search", "random"):
-        sub = done[done.family == family]
-        if sub.empty:
-            continue
-        h = pareto.hypervolume_history(sub, norm)
-        fig.add_trace(go.Scatter(x=h.number, y=h.hypervolume, mode="lines",
-                                 line={"color": _color(family), "shape": "hv"},
-                                 name="search" if family == "search" else "random control"))
-    base = done[~done.family.isin(["search", "random"])]
-    for family in sorted(set(base.family)):
-        hv = pareto.hypervolume(pareto.seed_means(base[base.family == family]), norm)
+    for h in info.histories:
+        fig.add_trace(go.Scatter(x=np.asarray(h.x), y=np.asarray(h.y), mode="lines",
+                                 line={"color": _color(h.family), "shape": "hv"},
+                                 name=FAMILY_LABELS.get(h.family, h.family)))
+    for family, hv in info.baselines:
         fig.add_hline(y=hv, line={"color": _color(family), "dash": "dot", "width": 1},
                       annotation_text=f"{family} baseline", annotation_position="bottom right")
     fig.update_layout(title="Hypervolume against trial number (shared reference point)",
@@ -100,50 +179,88 @@ def fig_hypervolume(done: pd.DataFrame, norm: pareto.Normalisation) -> go.Figure
     return fig
 
 
-def fig_placement(done: pd.DataFrame) -> go.Figure:
-    """Expert counts of every block (rows) in each search front architecture (columns)."""
-    f = pareto.front(done[done.family == "search"])
-    columns = [f"#{int(r.number)} {r.madds / 1e6:.2f}M {100 * r.val_acc:.1f}%"
-               for r in f.itertuples()]
+@dataclass(frozen=True)
+class PlacementInfo:
+    """Expert count of each block (rows) in each search front architecture (columns, by MAdds)."""
+
+    number: tuple[int, ...]  # the front's trials, one per column
+    madds: tuple[int, ...]
+    val_acc: tuple[float, ...]
+    blocks: tuple[str, ...]  # one per row, in network order
+    experts: tuple[tuple[int | None, ...], ...]  # [row][column]; None: no such block there
+
+
+def placement_info(done: pd.DataFrame) -> PlacementInfo:
+    """The search front's architectures and the experts of every block that any of them has."""
+    f = pareto.front(done[done.family == SEARCH])
     per_arch = [experts_by_block(json.loads(s) if s else None) for s in f.spec]
-    order: list[str] = []
-    for blocks in per_arch:
-        for name in blocks:
-            if name not in order:
-                order.append(name)
-    order.sort(key=lambda n: tuple(int(x) for x in n[1:].replace(".b", ".").split(".")))
-    z = [[blocks.get(name) for blocks in per_arch] for name in order]
-    text = [["" if v is None else str(v) for v in row] for row in z]
-    fig = go.Figure(go.Heatmap(z=z, x=columns, y=order, text=text, texttemplate="%{text}",
-                               colorscale="YlOrRd", zmin=0, colorbar={"title": "experts"},
+    blocks = sorted({name for arch in per_arch for name in arch},
+                    key=lambda n: tuple(int(x) for x in n[1:].replace(".b", ".").split(".")))
+    return PlacementInfo(tuple(map(int, f.number)), tuple(map(int, f.madds)), tuple(map(float, f.val_acc)),
+                         tuple(blocks), tuple(tuple(arch.get(name) for arch in per_arch) for name in blocks))
+
+
+def placement_plot(info: PlacementInfo) -> go.Figure:
+    """Heatmap of expert counts: blocks down, front architectures across (0 static, blank absent)."""
+    columns = [f"#{n} {m / 1e6:.2f}M {100 * a:.1f}%"
+               for n, m, a in zip(info.number, info.madds, info.val_acc)]
+    text = [["" if v is None else str(v) for v in row] for row in info.experts]
+    fig = go.Figure(go.Heatmap(z=[list(row) for row in info.experts], x=columns, y=list(info.blocks),
+                               text=text, texttemplate="%{text}", colorscale="YlOrRd", zmin=0,
+                               colorbar={"title": "experts"},
                                hovertemplate="%{y} in %{x}: %{z} experts<extra></extra>"))
     fig.update_layout(title="CondConv placement on the search front (0: static block; blank: "
                       "block absent)", xaxis_title="front architecture (MAdds, val acc)",
                       yaxis={"autorange": "reversed", "title": "block"},
-                      height=max(320, 22 * len(order) + 160))
+                      height=max(320, 22 * len(info.blocks) + 160))
     return fig
 
 
-def fig_importance(importances: dict[str, float]) -> go.Figure:
-    """Importance of each search parameter for validation accuracy (Optuna's default evaluator)."""
+@dataclass(frozen=True)
+class ImportanceInfo:
+    """Search parameters and their importances, least important first."""
+
+    params: tuple[str, ...]
+    importance: tuple[float, ...]
+
+
+def importance_info(importances: Mapping[str, float]) -> ImportanceInfo:
+    """The importances sorted ascending (the bar chart draws the largest on top)."""
     items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
-                           marker={"color": COLORS["search"]}))
+    return ImportanceInfo(tuple(k for k, _ in items), tuple(float(v) for _, v in items))
+
+
+def importance_plot(info: ImportanceInfo) -> go.Figure:
+    """Importance of each search parameter for validation accuracy (Optuna's default evaluator)."""
+    fig = go.Figure(go.Bar(x=list(info.importance), y=list(info.params), orientation="h",
+                           marker={"color": COLORS[SEARCH]}))
     fig.update_layout(title="Parameter importance for validation error (Optuna's default "
                       "evaluator, PED-ANOVA in Optuna 5)",
-                      xaxis_title="importance", height=max(300, 26 * len(items) + 140))
+                      xaxis_title="importance", height=max(300, 26 * len(info.params) + 140))
     return fig
 
 
-def fig_edf(done: pd.DataFrame) -> go.Figure:
+@dataclass(frozen=True)
+class EdfInfo:
+    """The EDF of validation error of every family present, in FAMILY_ORDER."""
+
+    series: tuple[Curve, ...]  # x: errors sorted ascending, y: (i + 1) / n
+
+
+def edf_info(done: pd.DataFrame) -> EdfInfo:
+    """Validation errors (1 - accuracy) per family, sorted, with their cumulative fractions."""
+    errors = [(f, sorted(map(float, 1.0 - done[done.family == f].val_acc)))
+              for f in _ordered(done.family, FAMILY_ORDER)]
+    return EdfInfo(tuple(Curve(f, tuple(e), tuple((i + 1) / len(e) for i in range(len(e))))
+                         for f, e in errors))
+
+
+def edf_plot(info: EdfInfo) -> go.Figure:
     """Empirical distribution of validation error per family (Radosavovic et al. 2019)."""
     fig = go.Figure()
-    for family in [f for f in COLORS if f in set(done.family)]:
-        err = sorted(1.0 - done[done.family == family].val_acc)
-        n = len(err)
-        fig.add_trace(go.Scatter(x=err, y=[(i + 1) / n for i in range(n)], mode="lines",
-                                 line={"color": _color(family), "shape": "hv"},
-                                 name=f"{family} (n={n})"))
+    for s in info.series:
+        fig.add_trace(go.Scatter(x=list(s.x), y=list(s.y), mode="lines", name=f"{s.family} (n={len(s.x)})",
+                                 line={"color": _color(s.family), "shape": "hv"}))
     fig.update_layout(title="EDF of validation error per family", xaxis_title="validation error",
                       yaxis_title="fraction of trials with error below", height=400)
     return fig
@@ -152,15 +269,13 @@ def fig_edf(done: pd.DataFrame) -> go.Figure:
 def build_figures(results: StudyResults) -> dict[str, go.Figure]:
     """Every figure of the report, keyed by section id (placement/importance only when they exist)."""
     done = results.finished
-    norm = pareto.normalisation(done)
-    figs = {"pareto": fig_pareto(done, results.manifest.get("budget_madds")),
-            "hypervolume": fig_hypervolume(done, norm)}
-    if (done.family == "search").any() and any(
-            experts_by_block(json.loads(s)) for s in done[done.family == "search"].spec if s):
-        figs["placement"] = fig_placement(done)
+    figs = {"pareto": pareto_plot(pareto_info(done, results.manifest.get("budget_madds"))),
+            "hypervolume": hypervolume_plot(hypervolume_info(done, pareto.normalisation(done)))}
+    if any(experts_by_block(json.loads(s)) for s in done[done.family == SEARCH].spec if s):
+        figs["placement"] = placement_plot(placement_info(done))
     if results.importances:
-        figs["importance"] = fig_importance(results.importances)
-    figs["edf"] = fig_edf(done)
+        figs["importance"] = importance_plot(importance_info(results.importances))
+    figs["edf"] = edf_plot(edf_info(done))
     return figs
 
 
@@ -212,12 +327,11 @@ def _headline(done: pd.DataFrame) -> str:
             "<th>power-law slope of error</th></tr>")
     rows = []
     for r in s.itertuples():
-        gain = ("–" if r.family == "search" else
-                f"{_fmt(r.gain_mean, 'pct')} / {_fmt(r.gain_max, 'pct')}")
+        gain = "–" if r.family == SEARCH else f"{_fmt(r.gain_mean, 'pct')} / {_fmt(r.gain_max, 'pct')}"
         rows.append(f"<tr><td class=l>{html.escape(r.family)}</td><td>{r.trials}</td>"
                     f"<td>{r.front}</td><td>{_fmt(r.hypervolume)}</td>"
                     f"<td>{_fmt(r.madds_lo, 'madds')}–{_fmt(r.madds_hi, 'madds')}</td>"
-                    f"<td>{gain}</td><td>{_fmt(r.beyond_noise if r.family != 'search' else None)}"
+                    f"<td>{gain}</td><td>{_fmt(r.beyond_noise if r.family != SEARCH else None)}"
                     f"</td><td>{_fmt(r.saved_median, 'share')}</td><td>{_fmt(r.seed_std)}</td>"
                     f"<td>{_fmt(r.slope)}</td></tr>")
     return f"<table id=headline>{head}{''.join(rows)}</table>"
@@ -227,9 +341,8 @@ def _trial_table(trials: pd.DataFrame) -> str:
     cols = [("number", "#"), ("family", "family"), ("label", "point"), ("seed", "seed"),
             ("state", "state"), ("val_acc", "val acc"), ("madds", "MAdds"), ("params", "params"),
             ("seconds", "s"), ("arch", "architecture"), ("fail_reason", "note")]
-    head = "".join(f"<th class=l>{t}</th>" if c in ("family", "label", "state", "arch",
-                                                     "fail_reason") else f"<th>{t}</th>"
-                   for c, t in cols)
+    left = ("family", "label", "state", "arch", "fail_reason")  # text columns, aligned left
+    head = "".join(f"<th class=l>{t}</th>" if c in left else f"<th>{t}</th>" for c, t in cols)
     rows = []
     for r in trials.to_dict("records"):
         note = r["fail_reason"] or ("over budget" if not r["feasible"] else
@@ -240,7 +353,7 @@ def _trial_table(trials: pd.DataFrame) -> str:
             v = note if c == "fail_reason" else r[c]
             if c == "madds" or c == "params":
                 cells.append(f"<td data-v='{v}'>{_fmt(v, 'madds')}</td>")
-            elif c in ("family", "label", "state", "arch", "fail_reason"):
+            elif c in left:
                 cells.append(f"<td class=l>{_fmt(v)}</td>")
             else:
                 cells.append(f"<td>{_fmt(v)}</td>")
@@ -256,16 +369,15 @@ def render_html(results: StudyResults, figures: dict[str, go.Figure]) -> str:
     done = results.finished
     families = set(done.family)
     notes = []
-    if not families - {"search", "random"}:
+    if not families - set(SEARCH_FAMILIES):
         notes.append("No baselines are stored for this study, so there is nothing to compare the "
                      "search with. The comparison needs <code>condconv-nas baselines "
                      f"{html.escape(results.manifest.get('study_file') or 'studies/X.yaml')}"
                      "</code>.")
-    if "random" not in families:
+    if RANDOM not in families:
         notes.append("No random-sampler control: <code>condconv-nas search STUDY --control</code> "
                      "runs one into the sibling study X.random.")
-    fid = results.fidelity
-    fidelity = ""
+    fid, fidelity = results.fidelity, ""
     if fid:
         fidelity = (f"<h2 id=fidelity>Proxy fidelity</h2><p>Kendall τ between proxy and "
                     f"{fid.get('epochs', '?')}-epoch accuracy over {fid.get('n', '?')} "
@@ -277,8 +389,7 @@ def render_html(results: StudyResults, figures: dict[str, go.Figure]) -> str:
                 "edf": "Error distributions"}
     body = []
     for key, fig in figures.items():
-        div = fig.to_html(full_html=False, include_plotlyjs=False, config=_PLOT_CONFIG,
-                          div_id=f"fig-{key}")
+        div = fig.to_html(full_html=False, include_plotlyjs=False, config=_PLOT_CONFIG, div_id=f"fig-{key}")
         body.append(f"<h2 id={key}>{sections.get(key, key)}</h2>{div}")
     manifest = json.dumps(results.manifest, indent=2, sort_keys=True, default=str)
     title = f"condconv-nas report: {html.escape(results.name)}"
@@ -332,7 +443,7 @@ def write_report(results: StudyResults, out: str | Path) -> dict[str, Path]:
     fronts = []
     for family in sorted(set(done.family)):
         sub = done[done.family == family]
-        points = sub if family in ("search", "random") else pareto.seed_means(sub)
+        points = sub if family in SEARCH_FAMILIES else pareto.seed_means(sub)
         fronts.append(pareto.front(points).assign(family=family))
     pd.concat(fronts, ignore_index=True).to_csv(fronts_csv, index=False)
     return {"html": out, "trials_csv": trials_csv, "fronts_csv": fronts_csv}

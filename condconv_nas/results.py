@@ -17,15 +17,21 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from .errors import UserError
+from .record import SEARCH_FAMILIES, TrialRecord
 from .spec import ArchSpec, SpecError
 from .storage import stale_numbers
 
-__all__ = ["StudyResults", "architecture_summary", "experts_by_block", "load_results",
+__all__ = ["StudyNotFoundError", "StudyResults", "architecture_summary", "experts_by_block", "load_results",
            "trials_frame"]
 
 COLUMNS = ["study", "family", "number", "state", "val_acc", "madds", "params", "multiplier",
            "seed", "label", "seconds", "images_per_s", "epochs_run", "feasible", "reused_from",
            "worker", "fail_reason", "weights_artifact", "arch", "spec"]
+
+
+class StudyNotFoundError(UserError, LookupError):
+    """A study that is not in the storage; the message lists the studies that are."""
 
 
 @dataclass
@@ -47,7 +53,7 @@ class StudyResults:
         done = t[(t.state == "COMPLETE") & t.feasible & t.val_acc.notna()]
         # A search trial that reused an earlier identical architecture adds no evidence; a
         # baseline's shared anchor (the base net under each family) is that family's point.
-        return done[~(done.family.isin(["search", "random"]) & done.reused_from.notna())]
+        return done[~(done.family.isin(SEARCH_FAMILIES) & done.reused_from.notna())]
 
 
 def architecture_summary(spec: dict[str, Any] | None) -> str:
@@ -85,25 +91,21 @@ def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame
     trials = study.get_trials(deepcopy=False)
     stale = stale_numbers(trials)
     for t in trials:
-        a = t.user_attrs
+        r = TrialRecord.of(t.user_attrs)
         if t.number in stale and t.state != TrialState.COMPLETE:
             continue  # a dead or interrupted attempt, queued again as another trial
         values = t.values or [None, None]
-        curve = a.get("curve") or []
-        acc = values[0] if t.state == TrialState.COMPLETE else (
-            curve[-1]["val_acc"] if curve else None)
+        acc = values[0] if t.state == TrialState.COMPLETE else r.final_acc()
         rows.append({
-            "study": study.study_name, "family": a.get("family", family or "search"),
+            "study": study.study_name, "family": r.family or family or SEARCH_FAMILIES[0],
             "number": t.number, "state": t.state.name, "val_acc": acc,
-            "madds": a.get("madds", values[1]), "params": a.get("params"),
-            "multiplier": a.get("multiplier"), "seed": a.get("seed", 0),
-            "label": a.get("baseline_label", ""), "seconds": a.get("seconds"),
-            "images_per_s": a.get("images_per_s"), "epochs_run": a.get("epochs_run"),
-            "feasible": not a.get("infeasible", False), "reused_from": a.get("reused_from"),
-            "worker": a.get("worker", ""), "fail_reason": a.get("fail_reason", ""),
-            "weights_artifact": a.get("weights_artifact", ""),
-            "arch": architecture_summary(a.get("spec")),
-            "spec": json.dumps(a["spec"], sort_keys=True) if a.get("spec") else "",
+            "madds": r.madds if r.madds is not None else values[1], "params": r.params,
+            "multiplier": r.multiplier, "seed": r.seed, "label": r.baseline_label,
+            "seconds": r.seconds, "images_per_s": r.images_per_s, "epochs_run": r.epochs_run,
+            "feasible": not r.infeasible, "reused_from": r.reused_from, "worker": r.worker,
+            "fail_reason": r.fail_reason, "weights_artifact": r.weights_artifact,
+            "arch": architecture_summary(r.spec),
+            "spec": json.dumps(r.spec, sort_keys=True) if r.spec else "",
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("val_acc", "madds", "params", "multiplier", "seconds", "images_per_s",
@@ -118,8 +120,9 @@ def _importances(study: optuna.Study) -> dict[str, float]:
 
     Only trained, feasible trials count.
     """
-    keep = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not t.user_attrs.get("infeasible") and "reused_from" not in t.user_attrs]
+    records = ((t, TrialRecord.of(t.user_attrs))
+               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    keep = [t for t, r in records if not r.infeasible and r.reused_from is None]
     if len(keep) < 4:
         return {}
     # A copy in memory with only the trials that were trained: over-budget trials score 0 by
@@ -145,29 +148,31 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
                                                                    include_best_trial=False)}
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
-        raise LookupError(f"study {name!r} is not in storage {url or storage} (studies there: "
+        raise StudyNotFoundError(f"study {name!r} is not in storage {url or storage} (studies there: "
                           f"{known}); run `condconv-nas search` first")
     frames, manifest, studies = [], {}, []
     importances: dict[str, float] = {}
     fidelity = None
-    for sibling, family in ((name, "search"), (f"{name}.random", "random"),
+    search, control = SEARCH_FAMILIES
+    for sibling, family in ((name, search), (f"{name}.random", control),
                             (f"{name}.baseline", None)):
         if sibling not in names:
             continue
         study = optuna.load_study(study_name=sibling, storage=storage)
         studies.append(sibling)
         frames.append(trials_frame(study, family))
-        if family == "search":
+        if family == search:
             manifest = dict(study.user_attrs.get("config") or {})
             manifest["madds_convention"] = study.user_attrs.get("madds_convention", "")
             manifest["preprocess"] = study.user_attrs.get("preprocess")
             importances = _importances(study)
             fidelity = study.user_attrs.get("fidelity")
-            first = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(
-                "versions")), None)
+            first = next((r for r in (TrialRecord.of(t.user_attrs)
+                                      for t in study.get_trials(deepcopy=False)) if r.versions),
+                         None)
             if first is not None:
-                manifest["versions"] = first.user_attrs["versions"]
-                manifest["device"] = first.user_attrs.get("device", "")
+                manifest["versions"] = first.versions
+                manifest["device"] = first.device
         elif family is None:
             manifest["baselines"] = study.user_attrs.get("config", {}).get("baselines")
     trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .errors import UserError
 from .presets import get_preset
 from .spec import ArchSpec, SpecError, scale_width
 
@@ -29,7 +30,7 @@ __all__ = ["SearchSpace", "SpaceError", "StageChoice", "TrialLike", "load_space"
            "read_yaml"]
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """A space (or study) file that cannot be used; the message names file, key and reason."""
 
 

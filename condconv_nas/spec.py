@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 __all__ = [
     "ACTIVATIONS",
     "ARCH_FORMAT",
@@ -30,7 +32,7 @@ ROUTINGS = ("sigmoid", "softmax")
 _KERNELS = (1, 3, 5, 7, 9, 11)
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """An architecture spec that cannot be built; the message names the field and the reason."""
 
 

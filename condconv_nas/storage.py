@@ -11,27 +11,33 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["HEARTBEAT", "QUEUE_ATTRS", "RetryStaleTrial", "StorageError", "alive", "beating",
-           "budget_used", "claim_lock", "counted", "fail_and_requeue", "list_studies",
+from .config import HEARTBEAT
+from .errors import UserError
+from .optuna_internals import (
+    heartbeat_enabled,
+    set_trial_attrs,
+    set_trial_state,
+    storage_of,
+    trial_id,
+    unsynced_journal_backend,
+)
+from .record import QUEUE_FIELDS, TrialRecord, record_attrs
+
+__all__ = ["HEARTBEAT", "RetryStaleTrial", "StorageError", "alive", "beating", "budget_used",
+           "claim_lock", "counted", "fail_and_requeue", "heartbeat_enabled", "list_studies",
            "open_storage", "reap_stale", "stale_numbers"]
 
-HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a trial is stale
-# Trial attributes that say what a queued trial is to run; a re-queued trial carries them over.
-QUEUE_ATTRS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label")
 
-
-class StorageError(Exception):
+class StorageError(UserError):
     """A storage that cannot be opened; nothing was created."""
 
 
@@ -55,7 +61,7 @@ def open_storage(url: str, create: bool = True, heartbeat: tuple[int, int] = HEA
         from optuna.storages.journal import JournalFileOpenLock
 
         lock = JournalFileOpenLock(url)  # works on filesystems without symlinks too
-        return optuna.storages.JournalStorage(_journal_backend()(url, lock_obj=lock))
+        return optuna.storages.JournalStorage(unsynced_journal_backend()(url, lock_obj=lock))
     if url.startswith("sqlite:///"):
         file = Path(url[len("sqlite:///"):])
         if file.name and not file.parent.is_dir():
@@ -73,27 +79,6 @@ def open_storage(url: str, create: bool = True, heartbeat: tuple[int, int] = HEA
         raise StorageError(f"storage {url}: cannot be opened ({reason[:160]})") from None
 
 
-def _journal_backend() -> type:
-    """Optuna's journal file backend without an fsync per write.
-
-    A trial makes ~20 writes; syncing each to disk cost ~1 ms, over 2% of a 1 s trial. The writes
-    still reach the kernel before the call returns (flush under the file lock), so a killed
-    worker loses nothing; only a machine crash can lose the last lines, and Optuna's reader
-    drops a torn last line.
-    """
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.storages.journal._file import get_lock_file
-
-    class UnsyncedJournalFileBackend(JournalFileBackend):
-        def append_logs(self, logs: list[dict[str, Any]]) -> None:
-            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
-            with get_lock_file(self._lock), open(self._file_path, "ab") as f:
-                f.write(text.encode("utf-8"))
-                f.flush()
-
-    return UnsyncedJournalFileBackend
-
-
 def list_studies(url: str) -> list[dict]:
     """Studies in a storage with their trial counts by state."""
     storage = open_storage(url, create=False)
@@ -107,16 +92,10 @@ def list_studies(url: str) -> list[dict]:
     return out
 
 
-def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
-    """Whether the storage keeps heartbeats (databases opened by open_storage)."""
-    from optuna.storages._heartbeat import BaseHeartbeat
-
-    return isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
-
-
 @contextlib.contextmanager
-def beating(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
+def beating(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Beat the trial's heartbeat from a thread while the block runs (databases only)."""
+    storage, tid = storage_of(study), trial_id(trial)
     if not heartbeat_enabled(storage):
         yield
         return
@@ -126,11 +105,11 @@ def beating(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[Non
     def beat() -> None:
         while True:
             with contextlib.suppress(Exception):  # a lost beat is retried; grace covers gaps
-                storage.record_heartbeat(trial_id)
+                storage.record_heartbeat(tid)
             if stop.wait(interval):
                 return
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread = threading.Thread(target=beat, name=f"heartbeat-{tid}", daemon=True)
     thread.start()
     try:
         yield
@@ -146,18 +125,17 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         super().__init__(max_retry=1)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if "retry_of" in trial.user_attrs:
+        if TrialRecord.of(trial.user_attrs).retry_of is not None:
             return  # queued again once, never twice (as for local workers)
         super().__call__(study, trial)
         # The failed trial is frozen now: the retry records why and whom it replaces.
-        storage = study._storage
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            if t.system_attrs.get("failed_trial") == trial.number and "retry_of" not in t.user_attrs:
-                storage.set_trial_user_attr(t._trial_id, "retry_of", trial.number)
+            if (t.system_attrs.get("failed_trial") == trial.number
+                    and TrialRecord.of(t.user_attrs).retry_of is None):
                 # Not the dead worker's: a reaper on its host must not take the retry for dead.
-                storage.set_trial_user_attr(t._trial_id, "worker", "")
-                storage.set_trial_user_attr(t._trial_id, "retry_reason",
-                                            "its worker stopped beating (heartbeat)")
+                set_trial_attrs(study, t, record_attrs(
+                    retry_of=trial.number, worker="",
+                    retry_reason="its worker stopped beating (heartbeat)"))
 
 
 def stale_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
@@ -166,9 +144,9 @@ def stale_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     A heartbeat retry cannot mark the failed trial itself (Optuna freezes finished trials), so
     the retry names it: `retry_of` (set here) or Optuna's `failed_trial` system attribute.
     """
-    out = {t.number for t in trials if t.user_attrs.get("stale")}
+    out = {t.number for t in trials if TrialRecord.of(t.user_attrs).stale}
     for t in trials:
-        for ref in (t.user_attrs.get("retry_of"), t.system_attrs.get("failed_trial")):
+        for ref in (TrialRecord.of(t.user_attrs).retry_of, t.system_attrs.get("failed_trial")):
             if isinstance(ref, int):
                 out.add(ref)
     return out
@@ -182,7 +160,7 @@ def budget_used(trials: list[optuna.trial.FrozenTrial]) -> int:
 
 def counted(t: optuna.trial.FrozenTrial, stale: set[int] | None = None) -> bool:
     """Whether one trial uses the budget (pass `stale_numbers(trials)` to see heartbeat retries)."""
-    if t.state == TrialState.WAITING or t.user_attrs.get("stale"):
+    if t.state == TrialState.WAITING or TrialRecord.of(t.user_attrs).stale:
         return False
     return stale is None or t.number not in stale
 
@@ -204,7 +182,7 @@ def alive(pid: int) -> bool:
 
 def _local_owner(t: optuna.trial.FrozenTrial) -> int | None:
     """The pid of the trial's worker when it ran on this machine."""
-    w_host, _, pid = t.user_attrs.get("worker", "").rpartition(":")
+    w_host, _, pid = TrialRecord.of(t.user_attrs).worker.rpartition(":")
     return int(pid) if w_host == socket.gethostname() and pid.isdigit() else None
 
 
@@ -218,7 +196,7 @@ def reap_stale(study: optuna.Study) -> int:
         pid = _local_owner(t)
         if pid is not None and not alive(pid):
             n += fail_and_requeue(study, t, "its worker process died")
-    if heartbeat_enabled(study._storage):
+    if heartbeat_enabled(storage_of(study)):
         before = sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
         optuna.storages.fail_stale_trials(study)
         n += sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False)) - before
@@ -228,25 +206,23 @@ def reap_stale(study: optuna.Study) -> int:
 def watchable_running(study: optuna.Study) -> bool:
     """Whether some RUNNING trial's owner can be watched: a live local process or a heartbeat."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if heartbeat_enabled(study._storage):
+    if heartbeat_enabled(storage_of(study)):
         return bool(running)
     return any(_local_owner(t) is not None for t in running)
 
 
 def fail_and_requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: str) -> int:
     """Mark a RUNNING trial failed and stale and queue its parameters again (once); 1 if done."""
-    storage = study._storage
     try:  # attributes first: Optuna refuses to change a finished trial
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-        storage.set_trial_user_attr(t._trial_id, "stale", True)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        set_trial_attrs(study, t, record_attrs(fail_reason=reason, stale=True))
+        set_trial_state(study, t, TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return 0  # another worker got there first (callers hold the claim lock, so rarely)
-    carried = {k: t.user_attrs[k] for k in QUEUE_ATTRS if k in t.user_attrs}
+    carried = {k: t.user_attrs[k] for k in QUEUE_FIELDS if k in t.user_attrs}
     if not t.params and not carried:
         return 1  # claimed but never sampled: nothing to run again
-    if "retry_of" not in t.user_attrs:  # queued again once, never twice
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **carried},
+    if TrialRecord.of(t.user_attrs).retry_of is None:  # queued again once, never twice
+        study.enqueue_trial(t.params, user_attrs=record_attrs(retry_of=t.number, **carried),
                             skip_if_exists=False)
     return 1
 

@@ -17,8 +17,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from condconv_nas.config import load_study_config
+from condconv_nas.optuna_internals import record_heartbeat
 from condconv_nas.storage import counted, open_storage, stale_numbers
-from condconv_nas.study import _open_study, load_study_config
+from condconv_nas.study import open_study
 
 ROOT = Path(__file__).parent.parent
 TRIALS = 6
@@ -83,7 +85,7 @@ def check_study(path: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_three_workers_share_one_study(tmp_path, storage_url):
     path = study_file(tmp_path, storage_url)
-    _open_study(load_study_config(path), "search")
+    open_study(load_study_config(path), "search")
     outs = finish(workers(path, 3))
     trials = check_study(path)
     owners = {t.user_attrs["worker"] for t in trials}
@@ -94,7 +96,7 @@ def test_three_workers_share_one_study(tmp_path, storage_url):
 def test_worker_killed_mid_trial_is_retried(tmp_path, storage_url):
     path = study_file(tmp_path, storage_url)
     cfg = load_study_config(path)
-    study = _open_study(cfg, "search")
+    study = open_study(cfg, "search")
     procs = workers(path, 3)
     victim = procs[0]
     deadline = time.time() + 120
@@ -121,7 +123,7 @@ def test_worker_killed_mid_trial_is_retried(tmp_path, storage_url):
 def test_interrupted_study_resumes(tmp_path, storage_url):
     path = study_file(tmp_path, storage_url)
     cfg = load_study_config(path)
-    study = _open_study(cfg, "search")
+    study = open_study(cfg, "search")
     (proc,) = workers(path, 1)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -149,12 +151,12 @@ def test_silent_heartbeat_on_another_machine_is_failed_and_retried(tmp_path):
 
     path = study_file(tmp_path, _pg_url())
     cfg = load_study_config(path)
-    study = _open_study(cfg, "search")
+    study = open_study(cfg, "search")
     study = optuna.load_study(study_name=cfg.name,
                               storage=open_storage(cfg.storage, heartbeat=(1, 2)))
     trial = study.ask({"s5_depth": optuna.distributions.IntDistribution(1, 2)})
     trial.set_user_attr("worker", "another-machine:4242")
-    study._storage.record_heartbeat(trial._trial_id)
+    record_heartbeat(study, trial)
     assert reap_stale(study) == 0  # still within its grace period
     time.sleep(3.5)
     assert reap_stale(study) == 1

@@ -18,10 +18,11 @@ import yaml
 from condconv_nas.baselines import baseline_grid
 from condconv_nas.cli import main
 from condconv_nas.cost import count_cost
+from condconv_nas.record import record_attrs, write_record
 from condconv_nas.report import ReportError, build_figures, render_html, write_report
 from condconv_nas.results import experts_by_block, load_results
 from condconv_nas.space import load_space
-from condconv_nas.study import open_storage
+from condconv_nas.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
 TINY = ROOT / "search_spaces" / "tiny.yaml"
@@ -51,14 +52,13 @@ def fake_study(tmp_path: Path, baselines: bool = True, random: bool = False, sea
             trial = study.ask()
             spec = space.sample(trial)
             cost = count_cost(spec)
-            for k, v in {"spec": spec.to_dict(), "madds": cost.madds, "params": cost.params,
-                         "versions": {"optuna": optuna.__version__}, "device": "cpu"}.items():
-                trial.set_user_attr(k, v)
+            write_record(trial, spec=spec.to_dict(), madds=cost.madds, params=cost.params,
+                         versions={"optuna": optuna.__version__}, device="cpu")
             if i == 3:  # one over-budget trial
-                trial.set_user_attr("infeasible", True)
+                write_record(trial, infeasible=True)
                 study.tell(trial, [0.0, float(cost.madds)])
             elif i == 5:
-                trial.set_user_attr("fail_reason", "NonFiniteLossError: loss is nan")
+                write_record(trial, fail_reason="NonFiniteLossError: loss is nan")
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(trial, [_acc(cost.madds, rng) + 0.02, float(cost.madds)])
@@ -69,9 +69,10 @@ def fake_study(tmp_path: Path, baselines: bool = True, random: bool = False, sea
             for seed in range(2):
                 study.add_trial(optuna.trial.create_trial(
                     values=[_acc(p.madds, rng), float(p.madds)],
-                    user_attrs={"spec": p.spec.to_dict(), "madds": p.madds, "family": p.family,
-                                "multiplier": p.multiplier, "seed": seed,
-                                "baseline_label": p.label, "params": count_cost(p.spec).params}))
+                    user_attrs=record_attrs(spec=p.spec.to_dict(), madds=p.madds, family=p.family,
+                                            multiplier=p.multiplier, seed=seed,
+                                            baseline_label=p.label,
+                                            params=count_cost(p.spec).params)))
     return study_file
 
 

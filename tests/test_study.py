@@ -11,18 +11,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from condconv_nas.config import PrunerConfig, StudyError, baseline_study_config, load_study_config
+from condconv_nas.errors import UserError
+from condconv_nas.objective import should_prune
 from condconv_nas.space import SpaceError
-from condconv_nas.storage import reap_stale
-from condconv_nas.study import (
-    PrunerConfig,
-    StorageError,
-    baseline_study_config,
-    load_study_config,
-    open_storage,
-    run_baselines,
-    run_search,
-    should_prune,
-)
+from condconv_nas.storage import StorageError, open_storage, reap_stale
+from condconv_nas.study import run_baselines, run_search
 
 ROOT = Path(__file__).parent.parent
 
@@ -162,8 +156,9 @@ def test_two_worker_processes_share_the_study(tmp_path):
     ({"pruner": {"k": 0}}, "pruner.k"),
 ])
 def test_study_file_errors(tmp_path, change, needle):
-    with pytest.raises(SpaceError) as err:  # StudyError is a SpaceError; a space file's own too
+    with pytest.raises(UserError) as err:  # a StudyError, or the space file's own SpaceError
         load_study_config(write_study(tmp_path, **change))
+    assert isinstance(err.value, (StudyError, SpaceError))
     assert needle in str(err.value)
 
 
@@ -188,8 +183,8 @@ def test_every_shipped_study_file_loads(path):
 
 def test_split_once_tpe_samples_what_plain_tpe_samples():
     # The reference is Optuna's own TPE with the same seed on the conditional quickstart space.
+    from condconv_nas.samplers import SplitOnceTPESampler
     from condconv_nas.space import load_space
-    from condconv_nas.study import SplitOnceTPESampler
 
     space = load_space(ROOT / "search_spaces" / "fmnist_mbv2.yaml")
     kw = {"multivariate": True, "group": True, "seed": 3, "n_startup_trials": 5}
@@ -278,20 +273,20 @@ def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch
 
     import torch
 
-    from condconv_nas.study import _worker_envs
+    from condconv_nas.workers import worker_envs
 
     cfg = dataclasses.replace(load_study_config(write_study(tmp_path)), workers=3, device="auto")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in _worker_envs(cfg)] == ["0", "1", "0"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in worker_envs(cfg)] == ["0", "1", "0"]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    envs = _worker_envs(cfg)
+    envs = worker_envs(cfg)
     assert all(e["OMP_NUM_THREADS"] == "2" and e["CUDA_VISIBLE_DEVICES"] == "" for e in envs)
     cpu = dataclasses.replace(cfg, device="cpu")  # a CPU study never claims the GPUs
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert all("OMP_NUM_THREADS" in e for e in _worker_envs(cpu))
+    assert all("OMP_NUM_THREADS" in e for e in worker_envs(cpu))
     # Workers left unset: one per visible GPU, else one; a number given is kept.
-    from condconv_nas.study import resolve_workers
+    from condconv_nas.workers import resolve_workers
 
     unset = load_study_config(write_study(tmp_path))
     assert unset.workers == 0 and resolve_workers(unset).workers == 2
@@ -315,7 +310,7 @@ def test_resumed_study_draws_new_samples(tmp_path):
 def test_interrupt_while_claiming_gives_the_trial_back(tmp_path, monkeypatch):
     import signal as sig
 
-    from condconv_nas.study import _claim
+    from condconv_nas.workers import _claim
 
     cfg = load_study_config(write_study(tmp_path, trials=3))
     study = optuna.create_study(study_name="t", storage=open_storage(cfg.storage),
@@ -335,7 +330,7 @@ def test_interrupt_while_claiming_gives_the_trial_back(tmp_path, monkeypatch):
 
 
 def test_over_budget_claim_gives_itself_up():
-    from condconv_nas.study import _over_budget
+    from condconv_nas.workers import _over_budget
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     for _ in range(3):

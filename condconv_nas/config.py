@@ -1,0 +1,239 @@
+"""Study files: `StudyConfig` and its parts, read and validated once, and the sibling studies' configs.
+
+Torch- and Optuna-free: the study's dataset is loaded lazily by `load_study_data`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .baselines import FAMILIES
+from .errors import UserError
+from .recipe import Recipe, RecipeError
+from .space import SearchSpace, load_space, parse_count, read_yaml
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data import Dataset
+
+__all__ = ["HEARTBEAT", "SAMPLERS", "BaselineSettings", "PrunerConfig", "StudyConfig", "StudyError",
+           "baseline_study_config", "control_study_config", "load_study_config", "load_study_data",
+           "manifest", "preprocess_of", "with_overrides"]
+
+SAMPLERS = ("tpe", "nsga2", "random")
+HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a trial is stale
+_KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
+         "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
+         "artifacts", "heartbeat"}
+
+
+class StudyError(UserError):
+    """A study file that cannot be used; the message names file, key and reason."""
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Pareto-aware early stopping: stop when k cheaper-or-equal trials were better by then."""
+
+    k: int = 3
+    warmup_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """Which baseline families to train, grid points per scaling family, and seeds per point."""
+
+    families: tuple[str, ...] = FAMILIES
+    points: int = 5
+    seeds: int = 2
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a search needs, validated."""
+
+    name: str
+    space: SearchSpace
+    dataset: str
+    recipe: Recipe
+    trials: int
+    sampler: str = "tpe"
+    seed: int = 0
+    storage: str = ""
+    workers: int = 0  # 0: one per visible GPU (device auto/cuda), else 1
+    budget_madds: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    val_size: int | None = None
+    train_limit: int | None = None
+    pruner: PrunerConfig | None = None
+    baselines: BaselineSettings = BaselineSettings()
+    artifacts: str = ""  # folder of the trained weights of front trials (Optuna artifacts)
+    heartbeat: tuple[int, int] = HEARTBEAT  # database storages: beat interval, grace (seconds)
+    path: str = ""
+
+
+def preprocess_of(data: Dataset) -> dict[str, Any]:
+    """How the network's input is made from uint8 images: x = (pixels / 255 - mean) / std."""
+    return {"in_channels": data.in_channels, "input_size": data.size, "scale": 1 / 255,
+            "mean": list(data.mean), "std": list(data.std), "num_classes": data.num_classes}
+
+
+def load_study_data(cfg: StudyConfig, device: str | torch.device = "cpu",
+                    train_limit: int | None | str = "study") -> Dataset:
+    """The study's dataset and validation split on `device` (`train_limit` None: every image)."""
+    from .data import load_dataset
+
+    limit = cfg.train_limit if train_limit == "study" else train_limit
+    return load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
+                        train_limit=limit, device=device)
+
+
+def _int(source: str, key: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise StudyError(f"{source}: {key}: must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study YAML file; relative paths are relative to the file."""
+    path = Path(path)
+    src = str(path)
+    data = read_yaml(path, StudyError)
+    if not isinstance(data, dict):
+        raise StudyError(f"{src}: must be a mapping with keys {', '.join(sorted(_KEYS))}")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise StudyError(f"{src}: {unknown[0]}: unknown key (known: {', '.join(sorted(_KEYS))})")
+    for key in ("name", "space", "dataset", "trials"):
+        if key not in data:
+            raise StudyError(f"{src}: {key}: is required")
+    name = data["name"]
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise StudyError(f"{src}: name: must be letters, digits, '-', '_' or '.', got {name!r}")
+    if not isinstance(data["space"], str):
+        raise StudyError(f"{src}: space: must be a path to a space file, got {data['space']!r}")
+    space = load_space(_relative(path, data["space"]))
+    if not isinstance(data["dataset"], str):
+        raise StudyError(f"{src}: dataset: must be a dataset name, got {data['dataset']!r}")
+    recipe_data = data.get("recipe") or {}
+    if not isinstance(recipe_data, dict):
+        raise StudyError(f"{src}: recipe: must be a mapping of recipe fields")
+    bad = sorted(set(recipe_data) - set(Recipe.field_names()))
+    if bad:
+        raise StudyError(f"{src}: recipe.{bad[0]}: unknown key (known: "
+                         f"{', '.join(Recipe.field_names())})")
+    try:
+        recipe = Recipe(**recipe_data)
+    except RecipeError as err:
+        raise StudyError(f"{src}: {err}") from None
+    sampler = data.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise StudyError(f"{src}: sampler: must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    budget = space.budget_madds
+    if data.get("budget_madds") is not None:
+        budget = parse_count(data["budget_madds"])
+        if budget is None or budget <= 0:
+            raise StudyError(f"{src}: budget_madds: must be a positive count like 8M, "
+                             f"got {data['budget_madds']!r}")
+    pruner = None
+    if data.get("pruner") is not None:
+        p = data["pruner"]
+        if not isinstance(p, dict) or set(p) - {"k", "warmup_epochs"}:
+            raise StudyError(f"{src}: pruner: must be a mapping with k and warmup_epochs")
+        pruner = PrunerConfig(k=_int(src, "pruner.k", p.get("k", 3), 1),
+                              warmup_epochs=_int(src, "pruner.warmup_epochs",
+                                                 p.get("warmup_epochs", 1), 0))
+    baselines = _baseline_settings(src, data.get("baselines"))
+    storage = data.get("storage")
+    if storage is not None and not isinstance(storage, str):
+        raise StudyError(f"{src}: storage: must be a URL or a file path, got {storage!r}")
+    if not storage:
+        storage = str(path.parent / f"{name}.journal")
+    elif "://" not in storage:
+        storage = str(_relative(path, storage))
+    heartbeat = HEARTBEAT
+    if data.get("heartbeat") is not None:
+        hb = data["heartbeat"]
+        if not isinstance(hb, dict) or set(hb) - {"interval", "grace"}:
+            raise StudyError(f"{src}: heartbeat: must be a mapping with interval and grace "
+                             "(seconds)")
+        heartbeat = (_int(src, "heartbeat.interval", hb.get("interval", HEARTBEAT[0]), 1),
+                     _int(src, "heartbeat.grace", hb.get("grace", HEARTBEAT[1]), 1))
+        if heartbeat[1] <= heartbeat[0]:
+            raise StudyError(f"{src}: heartbeat.grace: must exceed the interval "
+                             f"({heartbeat[0]} s), got {heartbeat[1]}")
+    artifacts = data.get("artifacts")
+    if artifacts is not None and (not isinstance(artifacts, str) or not artifacts):
+        raise StudyError(f"{src}: artifacts: must be a folder path, got {artifacts!r}")
+    artifacts = str(_relative(path, artifacts) if artifacts else path.parent / f"{name}.artifacts")
+    device = data.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise StudyError(f"{src}: device: must be auto, cpu or cuda, got {device!r}")
+    data_dir = data.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise StudyError(f"{src}: data_dir: must be a path, got {data_dir!r}")
+    dataset = data["dataset"]
+    if dataset.startswith("npz:"):
+        dataset = "npz:" + str(_relative(path, dataset[4:]))
+    return StudyConfig(
+        name=name, space=space, dataset=dataset, recipe=recipe,
+        trials=_int(src, "trials", data["trials"], 1), sampler=sampler,
+        seed=_int(src, "seed", data.get("seed", 0), 0), storage=storage,
+        workers=0 if data.get("workers") is None else _int(src, "workers", data["workers"], 1),
+        budget_madds=budget,
+        device=device, data_dir=str(_relative(path, data_dir)) if data_dir else None,
+        val_size=None if data.get("val_size") is None else _int(src, "val_size", data["val_size"], 1),
+        train_limit=(None if data.get("train_limit") is None
+                     else _int(src, "train_limit", data["train_limit"], 1)),
+        pruner=pruner, baselines=baselines, artifacts=artifacts, heartbeat=heartbeat, path=src)
+
+
+def _baseline_settings(src: str, data: Any) -> BaselineSettings:
+    if data is None:
+        return BaselineSettings()
+    keys = {"families", "points", "seeds"}
+    if not isinstance(data, dict) or set(data) - keys:
+        raise StudyError(f"{src}: baselines: must be a mapping with keys families, points, seeds")
+    families = data.get("families", list(FAMILIES))
+    if (not isinstance(families, list) or not families
+            or any(f not in FAMILIES for f in families) or len(set(families)) != len(families)):
+        raise StudyError(f"{src}: baselines.families: must be a non-empty list of distinct names "
+                         f"from {', '.join(FAMILIES)}, got {families!r}")
+    return BaselineSettings(families=tuple(families),
+                            points=_int(src, "baselines.points", data.get("points", 5), 1),
+                            seeds=_int(src, "baselines.seeds", data.get("seeds", 2), 1))
+
+
+def _relative(study_file: Path, target: str) -> Path:
+    p = Path(target).expanduser()
+    return p if p.is_absolute() else study_file.parent / p
+
+
+def with_overrides(cfg: StudyConfig, **changes: Any) -> StudyConfig:
+    """The config with CLI overrides applied (None leaves a field as it is)."""
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+
+
+def baseline_study_config(cfg: StudyConfig) -> StudyConfig:
+    """The sibling study `X.baseline`: same storage, data, recipe and seeds; no pruner."""
+    return dataclasses.replace(cfg, name=f"{cfg.name}.baseline", pruner=None, sampler="random")
+
+
+def control_study_config(cfg: StudyConfig) -> StudyConfig:
+    """The sibling study `X.random`: the same search with the random sampler, the control."""
+    return dataclasses.replace(cfg, name=f"{cfg.name}.random", sampler="random")
+
+
+def manifest(cfg: StudyConfig) -> dict[str, Any]:
+    """What a reader of the study needs to know about how it ran (JSON-safe)."""
+    return {"study_file": cfg.path, "space": cfg.space.source, "base": cfg.space.base.name,
+            "dataset": cfg.dataset, "train_limit": cfg.train_limit, "val_size": cfg.val_size,
+            "split_seed": cfg.seed, "seed": cfg.seed, "sampler": cfg.sampler,
+            "budget_madds": cfg.budget_madds, "recipe": dataclasses.asdict(cfg.recipe),
+            "trials": cfg.trials, "pruner": dataclasses.asdict(cfg.pruner) if cfg.pruner else None,
+            "baselines": dataclasses.asdict(cfg.baselines), "artifacts": cfg.artifacts}

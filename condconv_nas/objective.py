@@ -1,0 +1,165 @@
+"""The objective of a trial: sample (or take the queued baseline), count, skip, reuse, train, store."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from ._version import __version__
+from .config import PrunerConfig, StudyConfig
+from .cost import count_cost
+from .pareto import pareto_front
+from .record import RESULT_FIELDS, TrialRecord, write_record
+from .spec import ArchSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .data import Dataset
+
+__all__ = ["Objective", "arch_key", "feasible_done", "front_size", "should_prune"]
+
+
+def arch_key(spec: ArchSpec) -> str:
+    """Identity of an architecture: the spec without its name."""
+    data = spec.to_dict()
+    data.pop("name")
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    return {"condconv_nas": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
+            "python": sys.version.split()[0]}
+
+
+def feasible_done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials of the study that were trained (within the MAdds budget)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not TrialRecord.of(t.user_attrs).infeasible]
+
+
+def front_size(study: optuna.Study) -> int:
+    """Points on the study's front, counting each trained architecture once."""
+    done = [t for t in feasible_done(study) if TrialRecord.of(t.user_attrs).reused_from is None]
+    return len(pareto_front([(t.values[0], t.values[1]) for t in done]))
+
+
+class Objective:
+    """Sample (or take the queued baseline), count, skip over-budget, reuse duplicates, train."""
+
+    def __init__(self, cfg: StudyConfig, data: Dataset, device: torch.device,
+                 baseline: bool = False) -> None:
+        self.cfg, self.data, self.device, self.baseline = cfg, data, device, baseline
+        self.versions = _versions()
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, float]:
+        """Train the trial's architecture; returns (validation accuracy, MAdds)."""
+        import torch
+
+        from .data import resize
+        from .model import build_model
+        from .train import fit
+
+        cfg, data = self.cfg, self.data
+        if self.baseline:
+            queued = TrialRecord.of(trial.user_attrs)
+            if queued.baseline_spec is None:
+                raise RuntimeError("a baseline trial without its spec (queued by an older run?)")
+            spec, seed = ArchSpec.from_dict(queued.baseline_spec), queued.seed
+        else:
+            spec, seed = cfg.space.sample(trial), 0
+        spec = spec.for_input(data.in_channels,
+                              spec.input_size if cfg.space.resolution else data.size,
+                              data.num_classes)
+        cost = count_cost(spec)
+        key = arch_key(spec)
+        # Each attribute is one synced storage write: keep the list short (the convention and
+        # the worker are stored once per study and at claim time).
+        write_record(trial, spec=spec.to_dict(), arch_key=key, madds=cost.madds,
+                     params=cost.params, device=str(self.device), versions=self.versions)
+        if not self.baseline:  # baselines span the range as given; the budget binds the search
+            trial.set_constraint("madds_over_budget", float(cost.madds - cfg.budget_madds))
+            if cost.madds > cfg.budget_madds:  # constrained out before any training
+                write_record(trial, infeasible=True)
+                return 0.0, float(cost.madds)
+        for done in feasible_done(study):
+            record = TrialRecord.of(done.user_attrs)
+            if record.arch_key == key and record.seed == seed:
+                reused = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs}
+                write_record(trial, **reused, reused_from=done.number)
+                return float(done.values[0]), float(cost.madds)
+        run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
+        # Seed index i: init seed and recipe seed both moved by i; index 0 is the search's own.
+        torch.manual_seed(cfg.seed + seed)
+        recipe = dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + seed) if seed else cfg.recipe
+        model = build_model(spec)
+        curve: list[dict] = []
+
+        def on_epoch(epoch: int, val_acc: float) -> str | None:
+            curve.append({"epoch": epoch, "val_acc": val_acc})
+            if cfg.pruner and should_prune(study, cost.madds, epoch, val_acc, cfg.pruner):
+                return "stop"
+            return None
+
+        result = fit(model, run_data, recipe, on_epoch=on_epoch)
+        write_record(trial, curve=result.curve, seconds=result.seconds,
+                     images_per_s=result.images_per_s, epochs_run=result.epochs_run)
+        if result.stopped_early:
+            raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
+        if not self.baseline and _on_front(study, result.val_acc, cost.madds):
+            self._keep_weights(trial, model)
+        return result.val_acc, float(cost.madds)
+
+    def _keep_weights(self, trial: optuna.Trial, model: nn.Module) -> None:
+        """Store the trained weights as an Optuna artifact of the trial (front trials only)."""
+        import tempfile
+
+        import torch
+        from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+        folder = Path(self.cfg.artifacts)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Contiguous copies: a channels_last state dict loads anywhere, and the file is smaller.
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / f"trial{trial.number}.pt"
+            torch.save(state, file)
+            artifact = upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)),
+                                       file_path=str(file), study_or_trial=trial)
+        write_record(trial, weights_artifact=artifact)
+
+
+def _on_front(study: optuna.Study, acc: float, madds: int) -> bool:
+    """Whether (acc, madds) is not dominated by a finished feasible trial of the study."""
+    points = [(t.values[0], t.values[1]) for t in feasible_done(study)]
+    return len(points) in pareto_front([*points, (acc, madds)])
+
+
+def should_prune(study: optuna.Study, madds: int, epoch: int, val_acc: float,
+                 pruner: PrunerConfig) -> bool:
+    """True when >= k finished trials with MAdds <= ours had a higher val accuracy at this epoch."""
+    if epoch <= pruner.warmup_epochs:
+        return False
+    better = 0
+    for t in feasible_done(study):
+        record = TrialRecord.of(t.user_attrs)
+        if record.reused_from is not None:
+            continue  # a repeat of a trained architecture is not another witness
+        curve = record.curve or []
+        madds_t = record.madds if record.madds is not None else float("inf")
+        if madds_t <= madds and len(curve) >= epoch:
+            better += curve[epoch - 1]["val_acc"] > val_acc
+    return better >= pruner.k

@@ -1,0 +1,65 @@
+"""The proxy training recipe: a frozen, validated dataclass (torch-free, so study files type it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from .errors import UserError
+
+__all__ = ["SCHEDULES", "Recipe", "RecipeError"]
+
+SCHEDULES = ("cosine", "onecycle")
+
+
+class RecipeError(UserError, ValueError):
+    """A recipe that cannot train; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Proxy training recipe; every field can be overridden."""
+
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 0.4
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.1
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    eval_batch_size: int = 1024
+    bf16: bool | None = None           # None: on CUDA only
+    channels_last: bool = True         # measured 1.8x faster on CPU too (oneDNN depthwise)
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1"),
+            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1,
+             "an integer >= 1"),
+            ("lr", _num(self.lr) and 0 < self.lr < 100, "a number in (0, 100)"),
+            ("momentum", _num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", _num(self.weight_decay) and 0 <= self.weight_decay < 1, "in [0, 1)"),
+            ("label_smoothing", _num(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+             "in [0, 1)"),
+            ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            ("warmup_epochs", _num(self.warmup_epochs) and self.warmup_epochs >= 0, ">= 0"),
+            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "an integer"),
+            ("eval_batch_size", isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
+             "an integer >= 1"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise RecipeError(f"recipe.{name}: must be {want}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Names of the overridable fields."""
+        return [f.name for f in fields(cls)]
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

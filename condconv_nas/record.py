@@ -1,0 +1,89 @@
+"""What a stored trial holds: the one definition of its record, with its reader and writer.
+
+Optuna stores a trial's objective values (validation accuracy, MAdds) and free-form user
+attributes. Every attribute this package writes or reads is a field of `TrialRecord`, under the
+field's name: the objective writes with `record_attrs`, which refuses a name that is not a field,
+and readers (results, storage, workers, tests) read with `TrialRecord.of`. Torch- and Optuna-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BASELINE_FAMILIES", "FAMILY_ORDER", "QUEUE_FIELDS", "RANDOM", "RESULT_FIELDS", "SEARCH",
+           "SEARCH_FAMILIES",
+           "TrialRecord", "record_attrs", "write_record"]
+
+# Families of trials, in the order every table, figure and CSV shows them. Search trials are
+# "search" (the study X) or "random" (its random-sampler control X.random); baseline trials carry
+# their family in the record.
+SEARCH, RANDOM = "search", "random"
+SEARCH_FAMILIES = (SEARCH, RANDOM)
+BASELINE_FAMILIES = ("width", "depth", "compound", "experts")
+FAMILY_ORDER = SEARCH_FAMILIES + BASELINE_FAMILIES
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """The user attributes of one stored trial; absent ones read as their defaults."""
+
+    # What was trained (written by the objective before training).
+    spec: dict[str, Any] | None = None       # ArchSpec.to_dict() after adapting to the data
+    arch_key: str = ""                       # identity of the architecture (spec without name)
+    madds: int | None = None
+    params: int | None = None
+    device: str = ""
+    versions: dict[str, str] | None = None   # condconv_nas, torch, optuna, python
+    infeasible: bool = False                 # over the MAdds budget: never trained
+    # What training measured.
+    curve: list[dict[str, Any]] | None = None   # [{"epoch": e, "val_acc": a}, ...]
+    seconds: float | None = None
+    images_per_s: float | None = None
+    epochs_run: int | None = None
+    reused_from: int | None = None           # number of an identical trial whose result is reused
+    weights_artifact: str = ""               # Optuna artifact id of the trained weights (fronts)
+    # Who ran it and what became of it.
+    worker: str = ""                         # "host:pid" of the claiming worker
+    fail_reason: str = ""
+    stale: bool = False                      # a dead or interrupted attempt: not counted
+    retry_of: int | None = None              # the failed attempt this trial runs again
+    retry_reason: str = ""
+    # What a queued baseline trial is to run (carried over when it is queued again).
+    baseline_spec: dict[str, Any] | None = None
+    family: str | None = None                # a baseline family; None on search trials
+    multiplier: float | None = None
+    seed: int = 0                            # seed index: 0 is the search's own seed
+    baseline_label: str = ""
+
+    @classmethod
+    def of(cls, attrs: Mapping[str, Any]) -> TrialRecord:
+        """Read a trial's user attributes (attributes of no field are ignored)."""
+        return cls(**{k: attrs[k] for k in _FIELDS if k in attrs})
+
+    def final_acc(self) -> float | None:
+        """The last validation accuracy of the training curve (pruned and failed trials)."""
+        return self.curve[-1]["val_acc"] if self.curve else None
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
+# A queued trial's instructions, carried over when a dead attempt is queued again.
+QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label")
+# Training results, copied from an identical earlier trial when its result is reused.
+RESULT_FIELDS = ("curve", "seconds", "images_per_s", "epochs_run")
+
+
+def record_attrs(**fields: Any) -> dict[str, Any]:
+    """User attributes to store for the given record fields; a name of no field is an error."""
+    unknown = sorted(set(fields) - set(_FIELDS))
+    if unknown:
+        raise TypeError(f"{unknown[0]!r} is not a TrialRecord field")
+    return dict(fields)
+
+
+def write_record(trial: Any, **fields: Any) -> None:
+    """Store record fields on a trial in hand (anything with Optuna's `set_user_attr`)."""
+    for key, value in record_attrs(**fields).items():
+        trial.set_user_attr(key, value)

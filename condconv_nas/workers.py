@@ -1,0 +1,218 @@
+"""Workers: the claim protocol (count, then ask, under a lock), the trial loop, and local processes.
+
+A worker claims a trial only while the study's budget is not used, holds Ctrl-C/SIGTERM while it
+claims or tells, and on databases recounts after asking (other machines claim too). Workers left
+unset are one per visible GPU, each pinned with `CUDA_VISIBLE_DEVICES`, else one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from .config import StudyConfig, load_study_data, preprocess_of
+from .objective import Objective, front_size
+from .optuna_internals import frozen, record_heartbeat, set_trial_attrs, set_trial_state
+from .record import TrialRecord, record_attrs, write_record
+from .samplers import make_sampler
+from .storage import (
+    beating,
+    budget_used,
+    claim_lock,
+    counted,
+    fail_and_requeue,
+    open_storage,
+    reap_stale,
+    stale_numbers,
+    watchable_running,
+)
+
+if TYPE_CHECKING:
+    from .data import Dataset
+
+__all__ = ["deferred_interrupt", "resolve_workers", "run_worker", "run_workers", "worker_envs"]
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM until the block ends, so a trial is never half claimed or half told."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+             for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def _claim(study: optuna.Study, cfg: StudyConfig, worker: str,
+           queued_only: bool = False, poll: float = 2.0) -> optuna.Trial | None:
+    """The next trial to run, or None when the study's budget is used.
+
+    While the budget is reached only because other workers' trials are running, wait: if one of
+    them dies its trial is queued again and this worker runs it.
+    """
+    while True:
+        trial = None
+        try:
+            with deferred_interrupt(), claim_lock(cfg.storage):
+                reap_stale(study)
+                trials = study.get_trials(deepcopy=False)
+                waiting = any(t.state == TrialState.WAITING for t in trials)
+                if budget_used(trials) < cfg.trials and (waiting or not queued_only):
+                    trial = study.ask()
+                    write_record(trial, worker=worker)  # lets others tell if its owner died
+                    record_heartbeat(study, trial)
+                    if _over_budget(study, trial, cfg.trials):
+                        continue  # another machine claimed the last trial first
+                    return trial
+                if not watchable_running(study):
+                    return None  # done (baselines run what was queued, never a sampled trial)
+        except KeyboardInterrupt:  # Ctrl-C held until the claim finished: give the trial back
+            if trial is not None:
+                with deferred_interrupt():
+                    fail_and_requeue(study, frozen(study, trial),
+                                     "interrupted (Ctrl-C) as it was claimed; queued again")
+            raise
+        time.sleep(poll)
+
+
+def _over_budget(study: optuna.Study, trial: optuna.Trial, total: int) -> bool:
+    """On a database, count-then-ask is not atomic across machines: recount after asking.
+
+    The trials that use the budget, by number, are kept up to `total`; a later one gives itself
+    up (failed and stale: it never ran). Local storages hold the claim lock, so it never fires.
+    """
+    trials = study.get_trials(deepcopy=False)
+    stale = stale_numbers(trials)
+    kept = sorted(t.number for t in trials if counted(t, stale))
+    if trial.number in kept[:total]:
+        return False
+    set_trial_attrs(study, trial, record_attrs(stale=True, fail_reason="claimed past the budget"))
+    set_trial_state(study, trial, TrialState.FAIL)
+    return True
+
+
+def run_worker(cfg: StudyConfig, index: int = 0, print_fn: Callable[[str], None] = print,
+               baseline: bool = False, salt: int = 0, data: Dataset | None = None) -> int:
+    """One worker: claim trials until the study's budget is used; returns trials it finished.
+
+    With `baseline`, `cfg` is the baseline study's config and the worker runs queued points only.
+    """
+    from .train import NonFiniteLossError, resolve_device
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = resolve_device(cfg.device)
+    storage = open_storage(cfg.storage, heartbeat=cfg.heartbeat)
+    # seed + worker index; `salt` (from the caller) moves resumed and joining runs to new sequences.
+    study = optuna.load_study(study_name=cfg.name, storage=storage,
+                              sampler=make_sampler(cfg.sampler, (cfg.seed + index + salt) % 2**32,
+                                                   cfg.trials))
+    if data is None or data.train.images.device != device:
+        data = load_study_data(cfg, device)
+    if "preprocess" not in study.user_attrs:  # what an exported model expects of its input
+        study.set_user_attr("preprocess", preprocess_of(data))
+    objective = Objective(cfg, data, device, baseline=baseline)
+    finished = 0
+    while (trial := _claim(study, cfg, objective.worker, queued_only=baseline)) is not None:
+        if baseline and TrialRecord.of(trial.user_attrs).baseline_spec is None:
+            # Another machine took the last queued point between our look and our ask.
+            with deferred_interrupt():
+                write_record(trial, stale=True)
+                study.tell(trial, state=TrialState.FAIL)
+            break
+        t0 = time.perf_counter()
+        state, values, note = TrialState.COMPLETE, None, ""
+        try:
+            with beating(study, trial):
+                values = objective(study, trial)
+        except optuna.TrialPruned as err:
+            state, note = TrialState.PRUNED, str(err)
+        except KeyboardInterrupt:
+            with deferred_interrupt():
+                fail_and_requeue(study, frozen(study, trial), "interrupted (Ctrl-C); queued to run again")
+            raise
+        except (NonFiniteLossError, RuntimeError, ValueError, MemoryError) as err:
+            state, note = TrialState.FAIL, f"{type(err).__name__}: {err}"
+            write_record(trial, fail_reason=note[:500])
+        with deferred_interrupt():
+            if state == TrialState.COMPLETE:
+                study.tell(trial, values)
+            else:
+                study.tell(trial, state=state)
+        finished += 1
+        print_fn(_progress_line(study, frozen(study, trial), baseline, time.perf_counter() - t0,
+                                note))
+    return finished
+
+
+def _progress_line(study: optuna.Study, t: optuna.trial.FrozenTrial, baseline: bool,
+                   seconds: float, note: str) -> str:
+    record = TrialRecord.of(t.user_attrs)
+    acc = ("over budget" if record.infeasible else f"acc {t.values[0]:.4f}" if t.values else
+           f"acc {record.final_acc():.4f}" if record.curve else "acc -")
+    reused = f" (same as #{record.reused_from})" if record.reused_from is not None else ""
+    if baseline:
+        reused = f"  {record.baseline_label} seed {record.seed}" + reused
+    return (f"trial {t.number:4d}  {(record.madds or 0) / 1e6:8.2f}M MAdds  {acc}  "
+            f"{t.state.name.lower()}{reused}  {seconds:6.1f}s  front {front_size(study)}"
+            + (f"  [{note[:120]}]" if note else ""))
+
+
+def _worker_entry(cfg: StudyConfig, index: int, env: dict[str, str], baseline: bool,
+                  salt: int) -> int:
+    os.environ.update(env)  # before torch is imported in this process
+    return run_worker(cfg, index, print_fn=lambda s: print(s, flush=True), baseline=baseline,
+                      salt=salt)
+
+
+def visible_gpus(cfg: StudyConfig) -> int:
+    """GPUs a study may use: none for a CPU study, else every visible one."""
+    if cfg.device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def resolve_workers(cfg: StudyConfig) -> StudyConfig:
+    """The config with its worker count settled: when unset, one per visible GPU, else one."""
+    return cfg if cfg.workers else dataclasses.replace(cfg, workers=max(1, visible_gpus(cfg)))
+
+
+def run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: bool,
+                salt: int = 0, data: Dataset | None = None) -> int:
+    """Run `cfg.workers` workers (in this process when one); returns the trials they finished."""
+    if cfg.workers == 1:
+        return run_worker(cfg, 0, print_fn, baseline=baseline, salt=salt, data=data)
+    from joblib import Parallel, delayed
+
+    envs = worker_envs(cfg)
+    ran = Parallel(n_jobs=cfg.workers, backend="loky")(
+        delayed(_worker_entry)(cfg, i, envs[i], baseline, salt) for i in range(cfg.workers))
+    return sum(ran)
+
+
+def worker_envs(cfg: StudyConfig) -> list[dict[str, str]]:
+    """One GPU per worker when there are GPUs, else the CPU threads split between workers."""
+    gpus = visible_gpus(cfg)
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i in range(cfg.workers)]
+    threads = max(1, len(os.sched_getaffinity(0)) // cfg.workers)
+    return [{"OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+            for _ in range(cfg.workers)]
