@@ -22,11 +22,12 @@ install: $(STAMP)
 
 CLI := $(VENV)/bin/condconv-nas
 
-# The quickstart end to end: search, baselines, report, export (re-running resumes each step).
+# The quickstart end to end: search, baselines, confirmation, report, export (re-running resumes).
 demo: $(STAMP)
 	bash scripts/get_fashion_mnist.sh
 	$(CLI) search studies/quickstart.yaml
 	$(CLI) baselines studies/quickstart.yaml
+	$(CLI) confirm studies/quickstart.yaml
 	$(CLI) report studies/quickstart.yaml -o reports/quickstart.html
 	$(CLI) export studies/quickstart.yaml --pick best -o exports/quickstart-best
 	@echo

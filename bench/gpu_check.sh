@@ -42,7 +42,7 @@ fmnist() {
   done
 }
 search() {
-  echo "== the quickstart study on the GPU: search, baselines, report, export (wall seconds)"
+  echo "== the quickstart study on the GPU: search, baselines, confirm, report, export (wall seconds)"
   local f=studies/gpu_quickstart.yaml
   sed -e 's/^name: .*/name: gpu_quickstart/' -e 's/^device: .*/device: cuda/' \
     -e 's/^workers: .*/workers: 1/' studies/quickstart.yaml > "$f"
@@ -52,6 +52,7 @@ search() {
   local t0; t0=$(date +%s)
   python3 -m condconv_nas.cli search "$f" | tail -2
   python3 -m condconv_nas.cli baselines "$f" | tail -2
+  python3 -m condconv_nas.cli confirm "$f" | tail -2
   python3 -m condconv_nas.cli report "$f" -o "$out/gpu_quickstart.html"
   python3 -m condconv_nas.cli export "$f" -o "$out/gpu_quickstart_export" | tail -3
   echo "quickstart on the GPU: $(( $(date +%s) - t0 )) s"

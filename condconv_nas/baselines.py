@@ -70,9 +70,11 @@ def static_base(spec: ArchSpec) -> ArchSpec:
     return spec.replace(stages=stages, name=f"{spec.name}-static")
 
 
-def search_range(space: SearchSpace, adapt=lambda s: s) -> tuple[int, int]:
-    """(MAdds of the cheapest architecture the space can sample, the space's budget)."""
-    return count_cost(adapt(space.sample(_Extreme(cheapest=True)))).madds, space.budget_madds
+def search_range(space: SearchSpace, adapt=lambda s: s, budget: int | None = None
+                 ) -> tuple[int, int]:
+    """(MAdds of the cheapest architecture the space can sample, the budget: the study's if given)."""
+    return (count_cost(adapt(space.sample(_Extreme(cheapest=True)))).madds,
+            budget or space.budget_madds)
 
 
 def _bisect(make, target: int, low: float, high: float, steps: int = 40) -> float:

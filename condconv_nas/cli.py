@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from .commands import (
     PROG,
     cmd_baselines,
+    cmd_confirm,
     cmd_cost,
     cmd_export,
     cmd_fidelity,
@@ -93,8 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "used; on databases a heartbeat lets others retry a trial whose worker dies.")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine")
     p.add_argument("--trials", type=int, metavar="N", help="total trials of the study")
-    p.add_argument("--baselines", action="store_true", help="join X.baseline instead of X")
+    joins = p.add_mutually_exclusive_group()
+    joins.add_argument("--baselines", action="store_true", help="join X.baseline instead of X")
+    joins.add_argument("--confirm", action="store_true", help="join X.confirm instead of X")
     p.set_defaults(func=cmd_worker)
+
+    p = _study_parser(sub, "confirm", help="retrain the front architectures with fresh seeds",
+                       description="Retrain every architecture on the search front (and on the "
+                       "random control's front) with N fresh seeds into the sibling study "
+                       "X.confirm; the report's claims use only these confirmed means. "
+                       "Re-running resumes and confirms points that joined the front since.")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="fresh seeds per architecture (default: the study file's confirm.seeds, 3)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
+    p.set_defaults(func=cmd_confirm)
 
     p = _study_parser(sub, "baselines", help="train width/depth/compound/experts baselines of a study",
                        description="Train the study's base network, CondConv off, scaled by "
@@ -122,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", type=int, metavar="EPOCHS",
                    help="first retrain on the full training split for EPOCHS epochs")
     p.add_argument("--device", default="auto", help="for --retrain: auto, cpu or cuda")
+    p.add_argument("--untrained", action="store_true",
+                   help="export a trial without stored weights with random weights (no --retrain)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=cmd_export)

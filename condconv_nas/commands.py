@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from .config import StudyConfig
     from .results import StudyResults
 
-__all__ = ["UsageError", "cmd_baselines", "cmd_cost", "cmd_export", "cmd_fidelity", "cmd_presets",
-           "cmd_report", "cmd_search", "cmd_studies", "cmd_train", "cmd_worker"]
+__all__ = ["UsageError", "cmd_baselines", "cmd_confirm", "cmd_cost", "cmd_export", "cmd_fidelity",
+           "cmd_presets", "cmd_report", "cmd_search", "cmd_studies", "cmd_train", "cmd_worker"]
 
 PROG = "condconv-nas"
 
@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .cost import count_cost
     from .data import load_dataset
     from .model import build_model
-    from .train import Recipe, check_batch_size, fit, resolve_device
+    from .train import Recipe, check_batch_size, few_steps_note, fit, resolve_device
 
     device = resolve_device(args.device)
     spec = _spec_from_args(args)
@@ -114,13 +114,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, args.data_dir, val_size=args.val_size,
                         train_limit=args.train_limit, device=device)
     check_batch_size(recipe, data)
+    note = few_steps_note(recipe, len(data.train))
+    if note:
+        print(note, file=sys.stderr)
     spec = _fit_spec_to_data(spec, data.in_channels, data.size, data.num_classes, args.dataset)
     cost = count_cost(spec)
     torch.manual_seed(recipe.seed)
     model = build_model(spec)
     print(f"training {spec.name} ({_fmt_count(cost.madds)} MAdds, {_fmt_count(cost.params)} "
           f"params) on {args.dataset}: {len(data.train)} train / {len(data.val)} val images, "
-          f"{recipe.epochs} epochs, batch {recipe.batch_size}, {device}", file=sys.stderr)
+          f"{recipe.epochs} epochs, batch {recipe.batch_for(len(data.train))}, {device}",
+          file=sys.stderr)
     result = fit(model, data, recipe, eval_test=args.eval_test, progress=not args.no_progress)
     figures = {"val_acc": result.val_acc, "test_acc": result.test_acc,
                "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_s, 1),
@@ -158,14 +162,30 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Join a running study (search, or its baselines) from this machine."""
+    """Join a running study (search, its baselines or its confirmation) from this machine."""
     from .study import join_study, load_study_config, with_overrides
 
     _positive(args, "trials", "workers")
     cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
                          storage=args.storage)
     return _run_interruptible(lambda: join_study(cfg, print_fn=lambda s: print(s, flush=True),
-                                                 baseline=args.baselines))
+                                                 baseline=args.baselines,
+                                                 confirm=args.confirm))
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    """Retrain the search's (and control's) front architectures with fresh seeds into X.confirm."""
+    import dataclasses
+
+    from .study import load_study_config, run_confirm, with_overrides
+
+    _positive(args, "seeds", "workers")
+    cfg = with_overrides(load_study_config(args.study), workers=args.workers, storage=args.storage)
+    if args.seeds is not None:
+        if args.seeds < 2:
+            raise UsageError(f"--seeds: must be >= 2 (a mean needs its spread), got {args.seeds}")
+        cfg = dataclasses.replace(cfg, confirm_seeds=args.seeds)
+    return _run_interruptible(lambda: run_confirm(cfg, print_fn=lambda s: print(s, flush=True)))
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
@@ -215,7 +235,7 @@ def _results(args: argparse.Namespace) -> tuple[StudyConfig, StudyResults]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a study's architecture: arch.json, weights, TorchScript, ONNX, model card."""
-    from .export import export_trial, parse_pick, pick_trial, retrain_trial
+    from .export import check_weights, export_trial, parse_pick, pick_trial, retrain_trial
 
     if args.retrain is not None and args.retrain < 1:
         raise UsageError(f"--retrain: must be >= 1 epochs, got {args.retrain}")
@@ -225,6 +245,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path("exports") / f"{cfg.name}-trial{int(row.number)}"
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out}: exists and is not a folder")
+    if args.retrain and args.untrained:
+        raise UsageError("--untrained and --retrain exclude each other; drop one")
+    if not args.retrain and not args.untrained:
+        check_weights(results, row, cfg.artifacts)
     print(f"exporting trial {int(row.number)} of {cfg.name} ({args.pick}): val acc "
           f"{row.val_acc:.4f}, {int(row.madds):,} MAdds -> {out}", file=sys.stderr)
     model = retrained = None
@@ -234,13 +258,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"retrained {args.retrain} epochs on {retrained['train_images']} images: val "
               f"{retrained['val_acc']:.4f}, test {retrained['test_acc']:.4f}", file=sys.stderr)
     paths = export_trial(results, row, out, artifacts=cfg.artifacts, pick=pick, onnx=args.onnx,
-                         retrained=retrained, model=model)
+                         retrained=retrained, model=model, untrained=args.untrained)
     if args.json:
         print(json.dumps({k: str(v) for k, v in paths.items()}))
     else:
         if "weights" not in paths:
-            print("note: no weights were stored for this trial (front trials keep theirs); "
-                  "use --retrain N for trained weights", file=sys.stderr)
+            print("note: exported untrained (random weights), as --untrained asked",
+                  file=sys.stderr)
         for k, v in paths.items():
             print(f"{k:>14}: {v}")
     return 0
@@ -265,20 +289,32 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a study (search, control, baselines) as HTML plus CSV."""
-    from .report import write_report
+    from .claims import study_headline
+    from .report import headline_json, write_report
 
     cfg, results = _results(args)
     out = Path(args.output) if args.output else Path("reports") / f"{cfg.name}.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {out}: the report is an HTML file; give a name ending in .html")
     paths = write_report(results, out)
+    head = study_headline(results.finished, results.confirmed)
     if args.json:
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
-    else:
-        done = results.finished
-        counts = ", ".join(f"{f} {n}" for f, n in done.family.value_counts().items())
-        print(f"report: {paths['html']} ({counts} finished trials)")
-        print(f"csv: {paths['trials_csv']}, {paths['fronts_csv']}")
+        print(json.dumps({**{k: str(v) for k, v in paths.items()},
+                          **headline_json(results, head)}))
+        return 0
+    done = results.finished
+    counts = ", ".join(f"{f} {n}" for f, n in done.family.value_counts().items())
+    print(f"report: {paths['html']} ({counts} finished trials)")
+    print(f"csv: {paths['trials_csv']}, {paths['fronts_csv']}")
+    if not head["confirmed"]:
+        print(f"not confirmed: no claim is made; run `condconv-nas confirm {args.study}`")
+    for family, c in head["sources"].get("search", {}).items():
+        if c["gain_mean"] is not None:
+            lo, hi = c["gain_ci95"]
+            ci = f" [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else ""
+            print(f"search vs {family}: {100 * c['gain_mean']:+.2f} pp{ci} at matched MAdds, "
+                  f"{'significant' if c['significant'] else 'not significant'} (Holm p "
+                  f"{c['p_holm'] if c['p_holm'] is not None else float('nan'):.3g})")
     return 0
 
 

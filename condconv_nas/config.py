@@ -6,6 +6,7 @@ Torch- and Optuna-free: the study's dataset is loaded lazily by `load_study_data
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,14 +22,15 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 __all__ = ["HEARTBEAT", "SAMPLERS", "BaselineSettings", "PrunerConfig", "StudyConfig", "StudyError",
-           "baseline_study_config", "control_study_config", "load_study_config", "load_study_data",
-           "manifest", "preprocess_of", "with_overrides"]
+           "baseline_study_config", "confirm_study_config", "control_study_config",
+           "load_study_config", "load_study_data", "manifest", "preprocess_of", "result_settings",
+           "settings_differ", "with_overrides"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a trial is stale
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
          "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
-         "artifacts", "heartbeat"}
+         "artifacts", "heartbeat", "confirm"}
 
 
 class StudyError(UserError):
@@ -49,7 +51,7 @@ class BaselineSettings:
 
     families: tuple[str, ...] = FAMILIES
     points: int = 5
-    seeds: int = 2
+    seeds: int = 3
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class StudyConfig:
     baselines: BaselineSettings = BaselineSettings()
     artifacts: str = ""  # folder of the trained weights of front trials (Optuna artifacts)
     heartbeat: tuple[int, int] = HEARTBEAT  # database storages: beat interval, grace (seconds)
+    confirm_seeds: int = 3  # fresh seeds per front architecture in `confirm`
     path: str = ""
 
 
@@ -167,6 +170,11 @@ def load_study_config(path: str | Path) -> StudyConfig:
         if heartbeat[1] <= heartbeat[0]:
             raise StudyError(f"{src}: heartbeat.grace: must exceed the interval "
                              f"({heartbeat[0]} s), got {heartbeat[1]}")
+    confirm = data.get("confirm")
+    if confirm is not None and (not isinstance(confirm, dict) or set(confirm) - {"seeds"}):
+        raise StudyError(f"{src}: confirm: must be a mapping with seeds (fresh seeds per front "
+                         "architecture)")
+    confirm_seeds = _int(src, "confirm.seeds", (confirm or {}).get("seeds", 3), 2)
     artifacts = data.get("artifacts")
     if artifacts is not None and (not isinstance(artifacts, str) or not artifacts):
         raise StudyError(f"{src}: artifacts: must be a folder path, got {artifacts!r}")
@@ -190,7 +198,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
         val_size=None if data.get("val_size") is None else _int(src, "val_size", data["val_size"], 1),
         train_limit=(None if data.get("train_limit") is None
                      else _int(src, "train_limit", data["train_limit"], 1)),
-        pruner=pruner, baselines=baselines, artifacts=artifacts, heartbeat=heartbeat, path=src)
+        pruner=pruner, baselines=baselines, artifacts=artifacts, heartbeat=heartbeat,
+        confirm_seeds=confirm_seeds, path=src)
 
 
 def _baseline_settings(src: str, data: Any) -> BaselineSettings:
@@ -206,7 +215,7 @@ def _baseline_settings(src: str, data: Any) -> BaselineSettings:
                          f"from {', '.join(FAMILIES)}, got {families!r}")
     return BaselineSettings(families=tuple(families),
                             points=_int(src, "baselines.points", data.get("points", 5), 1),
-                            seeds=_int(src, "baselines.seeds", data.get("seeds", 2), 1))
+                            seeds=_int(src, "baselines.seeds", data.get("seeds", 3), 1))
 
 
 def _relative(study_file: Path, target: str) -> Path:
@@ -224,9 +233,43 @@ def baseline_study_config(cfg: StudyConfig) -> StudyConfig:
     return dataclasses.replace(cfg, name=f"{cfg.name}.baseline", pruner=None, sampler="random")
 
 
+def confirm_study_config(cfg: StudyConfig) -> StudyConfig:
+    """The sibling study `X.confirm`: front architectures retrained with fresh seeds."""
+    return dataclasses.replace(cfg, name=f"{cfg.name}.confirm", pruner=None, sampler="random")
+
+
 def control_study_config(cfg: StudyConfig) -> StudyConfig:
     """The sibling study `X.random`: the same search with the random sampler, the control."""
     return dataclasses.replace(cfg, name=f"{cfg.name}.random", sampler="random")
+
+
+def result_settings(cfg: StudyConfig) -> dict[str, Any]:
+    """The settings that change a trained result, as stored with the study (JSON-safe).
+
+    Resuming, confirming or training baselines under other values would mix results trained
+    differently in one study; `storage`, `workers`, `trials`, `sampler` and `device` may change.
+    """
+    space = cfg.space
+    return json.loads(json.dumps({
+        "dataset": cfg.dataset, "data_dir": cfg.data_dir, "val_size": cfg.val_size,
+        "train_limit": cfg.train_limit, "recipe": dataclasses.asdict(cfg.recipe),
+        "seed": cfg.seed, "budget_madds": cfg.budget_madds,
+        "space": {"base": space.base.to_dict(), "budget_madds": space.budget_madds,
+                  "stages": [dataclasses.asdict(c) for c in space.stages],
+                  "resolution": space.resolution}}))
+
+
+def settings_differ(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Keys (recipe fields as recipe.X) whose stored value differs from now; absent ones agree."""
+    out = []
+    for key, value in stored.items():
+        if key not in now:
+            continue
+        if key == "recipe" and isinstance(value, dict):
+            out += [f"recipe.{k}" for k, v in value.items() if k in now[key] and now[key][k] != v]
+        elif now[key] != value:
+            out.append(key)
+    return out
 
 
 def manifest(cfg: StudyConfig) -> dict[str, Any]:

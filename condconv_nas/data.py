@@ -113,10 +113,14 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def _find_dir(name: str, data_dir: str | None, subdir: str | None, marker: str) -> Path | None:
-    """First folder holding `marker`: --data-dir, then $CONDCONV_NAS_DATA, then Debian's."""
-    roots = [Path(p) for p in (data_dir, os.environ.get(ENV_VAR)) if p]
-    if name == "fashion-mnist":
-        roots.append(DEBIAN_FASHION_MNIST)
+    """The folder holding `marker`: in --data-dir only when one is named, else in
+    $CONDCONV_NAS_DATA, then Debian's (a folder the user names is never silently passed over)."""
+    if data_dir:
+        roots = [Path(data_dir)]
+    else:
+        roots = [Path(p) for p in (os.environ.get(ENV_VAR),) if p]
+        if name == "fashion-mnist":
+            roots.append(DEBIAN_FASHION_MNIST)
     for root in roots:
         for candidate in ([root / subdir, root] if subdir else [root]) + [root / name]:
             if (candidate / marker).is_file():
@@ -126,6 +130,11 @@ def _find_dir(name: str, data_dir: str | None, subdir: str | None, marker: str) 
 
 def _fashion_mnist(data_dir: str | None) -> tuple[np.ndarray, ...]:
     folder = _find_dir("fashion-mnist", data_dir, None, _FMNIST_FILES["train_images"])
+    if folder is None and data_dir:
+        raise DataError(f"Fashion-MNIST not found in {data_dir}: it needs "
+                        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                        "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz there (or a "
+                        "fashion-mnist/ folder holding them); fix the folder or drop --data-dir")
     if folder is None:
         raise DataError(
             "Fashion-MNIST not found: put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
@@ -180,6 +189,9 @@ def _cifar(name: str, data_dir: str | None) -> tuple[np.ndarray, ...]:
     else:
         sub, train_files, test_files, key = "cifar-100-python", ["train"], ["test"], b"fine_labels"
     folder = _find_dir(name, data_dir, sub, train_files[0])
+    if folder is None and data_dir:
+        raise DataError(f"{name} not found in {data_dir}: it needs the python version's folder "
+                        f"{sub}/ there; fix the folder or drop --data-dir")
     if folder is None:
         raise DataError(f"{name} not found: put the python version's folder {sub}/ (from "
                         f"https://www.cs.toronto.edu/~kriz/cifar.html) in --data-dir or ${ENV_VAR}")

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from .config import StudyConfig
 
-__all__ = ["ExportError", "Pick", "export_trial", "knee_index", "load_arch", "parse_pick",
+__all__ = ["ExportError", "Pick", "check_weights", "export_trial", "knee_index", "load_arch", "parse_pick",
            "pick_trial", "read_arch", "retrain_trial"]
 
 
@@ -139,15 +139,31 @@ def retrain_trial(cfg: StudyConfig, row: pd.Series, epochs: int, device: str = "
                    "device": result.device}
 
 
+def check_weights(results: StudyResults, row: pd.Series, artifacts: str) -> None:
+    """Refuse a trial without stored weights (only front trials keep theirs), naming the fixes."""
+    if not (_weights_of(results, row) and artifacts):
+        raise ExportError(f"trial {int(row.number)} of {results.name} has no stored weights "
+                          "(only front trials keep theirs): use --retrain EPOCHS for trained "
+                          "weights, or --untrained for the architecture alone")
+
+
 def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifacts: str = "",
                  pick: Pick | None = None, onnx: bool = False,
                  retrained: dict[str, Any] | None = None,
-                 model: nn.Module | None = None) -> dict[str, Path]:
-    """Write the export folder for one trial; `model` (retrained) replaces the proxy weights."""
+                 model: nn.Module | None = None, untrained: bool = False) -> dict[str, Path]:
+    """Write the export folder for one trial; `model` (retrained) replaces the proxy weights.
+
+    A trial without stored weights (only front trials keep theirs) is refused unless
+    `untrained` asks for the architecture with freshly initialised weights: a graph of random
+    weights listed beside the proxy's accuracy would mislead.
+    """
     import torch
 
     from .model import build_model
 
+    artifact = _weights_of(results, row)
+    if model is None and not untrained:
+        check_weights(results, row, artifacts)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = ArchSpec.from_dict(json.loads(row.spec), f"trial {int(row.number)}: spec")
@@ -157,7 +173,6 @@ def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifac
         torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                    out / "weights.pt")
         weights = {"file": "weights.pt", "source": f"retrained {retrained['epochs']} epochs"}
-    artifact = _weights_of(results, row)
     if artifact and artifacts:
         from optuna.artifacts import FileSystemArtifactStore, download_artifact
 

@@ -60,21 +60,42 @@ def retrain(cfg: StudyConfig, spec: ArchSpec, epochs: int, device: str = "auto",
 
 
 def fidelity_points(done: pd.DataFrame, top: int) -> list[dict[str, Any]]:
-    """K search-front points and K baseline points, each spread evenly over MAdds."""
+    """K search-front points and K baseline points, each spread evenly over MAdds.
+
+    Each architecture enters once: the base network that anchors several baseline families (or
+    a search point that equals a baseline) would otherwise be retrained under several names and
+    enter tau as ties.
+    """
     points: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def add(source: str, name: str, r: Any) -> None:
+        key = _identity(r.spec)
+        if key not in seen:
+            seen.add(key)
+            points.append({"source": source, "name": name, "spec": r.spec, "madds": int(r.madds),
+                           "params": int(r.params) if r.params == r.params else None,
+                           "proxy_acc": float(r.val_acc)})
+
     search = front(done[done.family == SEARCH])
     for _, r in _spread(search, top).iterrows():
-        points.append({"source": SEARCH, "name": f"trial {int(r.number)}", "spec": r.spec,
-                       "madds": int(r.madds), "proxy_acc": float(r.val_acc)})
+        add(SEARCH, f"trial {int(r.number)}", r)
     base = done[~done.family.isin(SEARCH_FAMILIES)]
     if not base.empty:
         means = seed_means(base).merge(
-            base[base.seed == 0][["family", "multiplier", "spec", "label"]],
-            on=["family", "multiplier"], how="inner").drop_duplicates("spec")
+            base[base.seed == 0][["family", "multiplier", "spec", "label", "params"]],
+            on=["family", "multiplier"], how="inner")
+        means = means[~means.spec.map(_identity).duplicated()]
         for _, r in _spread(means.sort_values("madds"), top).iterrows():
-            points.append({"source": r.family, "name": r.label, "spec": r.spec,
-                           "madds": int(r.madds), "proxy_acc": float(r.val_acc)})
+            add(r.family, r.label, r)
     return points
+
+
+def _identity(spec: str) -> str:
+    """An architecture's identity: its spec JSON without the name."""
+    data = json.loads(spec)
+    data.pop("name", None)
+    return json.dumps(data, sort_keys=True)
 
 
 def _spread(df: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -86,10 +107,14 @@ def _spread(df: pd.DataFrame, k: int) -> pd.DataFrame:
     return df.iloc[idx]
 
 
-def verdict(tau: float, p_value: float, n: int) -> str:
-    """What a reader may conclude from the proxy's rank agreement."""
+def verdict(tau: float, p_value: float, n: int, tau_madds: float = math.nan) -> str:
+    """What a reader may conclude from the proxy's rank agreement (and MAdds' own)."""
     if n < 4 or math.isnan(tau):
         return "Too few architectures to judge the proxy; retrain more (--top)."
+    if not math.isnan(tau_madds) and tau <= tau_madds:
+        return (f"The proxy ranks the architectures no better than counting MAdds does "
+                f"(tau {tau:.2f} against {tau_madds:.2f} for MAdds alone): its accuracies add no "
+                "evidence beyond cost. Lengthen the proxy (more epochs or images).")
     if tau >= 0.6 and p_value < 0.05:
         return "The proxy ranks architectures as the longer runs do: its front is evidence."
     if tau < 0.3 or p_value >= 0.1:
@@ -123,9 +148,13 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
         p["long_acc"] = done[key]["val_acc"]
         print_fn(f"  {i}/{len(points)} {p['source']:>8} {p['name']:<22} {p['madds'] / 1e6:7.2f}M  "
                  f"proxy {p['proxy_acc']:.4f}  {epochs}-epoch {p['long_acc']:.4f}")
-    tau, p_value = kendall_tau([p["proxy_acc"] for p in points], [p["long_acc"] for p in points])
+    long = [p["long_acc"] for p in points]
+    tau, p_value = kendall_tau([p["proxy_acc"] for p in points], long)
+    tau_madds = kendall_tau([p["madds"] for p in points], long)[0]
+    tau_params = kendall_tau([p["params"] or 0 for p in points], long)[0]
     record = {"tau": tau, "p_value": p_value, "n": len(points), "epochs": epochs,
-              "verdict": verdict(tau, p_value, len(points)),
+              "tau_madds": tau_madds, "tau_params": tau_params,
+              "verdict": verdict(tau, p_value, len(points), tau_madds),
               "points": [{k: v for k, v in p.items() if k != "spec"} for p in points]}
     study.set_user_attr("fidelity", record)
     return record

@@ -23,6 +23,7 @@ __all__ = ["Normalisation", "front", "gain_at_matched_madds", "hypervolume",
 
 # A gain counts as real when it exceeds this many seed standard deviations of the baseline.
 NOISE_SIGMAS = 2.0
+REF_MARGIN = 0.1  # the hypervolume reference lies this far beyond the worst corner (scaled axes)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -66,7 +67,12 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Normalisation:
-    """Shared scale for hypervolume: log-MAdds and accuracy mapped to [0, 1], worst corner = ref."""
+    """Shared scale for hypervolume: log-MAdds and accuracy mapped to [0, 1].
+
+    The reference point lies `REF_MARGIN` beyond the worst corner of all trials (cost 1.1,
+    quality -0.1), the same for every family, so a point at the dearest MAdds or at the lowest
+    accuracy still adds to the volume (at the corner itself it would add nothing).
+    """
 
     madds_lo: float
     madds_hi: float
@@ -91,17 +97,17 @@ def normalisation(*frames: pd.DataFrame) -> Normalisation:
 
 
 def hypervolume(df: pd.DataFrame, norm: Normalisation) -> float:
-    """Area dominated by the points, between them and the reference (worst MAdds, worst accuracy)."""
+    """Area dominated by the points up to the shared reference point (see Normalisation)."""
     f = front(df)
     if f.empty:
         return 0.0
     cost = np.clip(norm.cost(f.madds.to_numpy()), 0.0, 1.0)
     quality = np.clip(norm.quality(f.val_acc.to_numpy()), 0.0, 1.0)
     # The front sorted by MAdds has rising accuracy: each point adds a strip above the last.
-    area, below = 0.0, 0.0
+    area, below = 0.0, -REF_MARGIN
     for c, q in zip(cost, quality):
         if q > below:
-            area += (1.0 - c) * (q - below)
+            area += (1.0 + REF_MARGIN - c) * (q - below)
             below = q
     return float(area)
 
@@ -225,59 +231,16 @@ def summary(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Kendall's tau-b of two rankings and its two-sided p-value.
+    """Kendall's tau-b of two rankings and its two-sided p-value (scipy.stats.kendalltau).
 
-    Without ties the p-value is exact: S = concordant - discordant pairs is counted over all n!
-    orderings through the number of permutations with k inversions (Mahonian numbers). With ties
-    it is the normal approximation with Kendall's (1945) tie-corrected variance.
+    Without ties the p-value is exact (the permutation distribution); with ties it is the normal
+    approximation with Kendall's tie-corrected variance. A constant ranking gives (nan, nan).
     """
-    n = len(x)
-    if n != len(y):
-        raise ValueError(f"kendall_tau: {n} values against {len(y)}")
-    if n < 2:
+    if len(x) != len(y):
+        raise ValueError(f"kendall_tau: {len(x)} values against {len(y)}")
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
         return math.nan, math.nan
-    conc = disc = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            s = np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
-            conc += s > 0
-            disc += s < 0
-    pairs = n * (n - 1) // 2
-    tx, ty = _tie_groups(x), _tie_groups(y)
-    n1 = sum(t * (t - 1) // 2 for t in tx)
-    n2 = sum(t * (t - 1) // 2 for t in ty)
-    if n1 == pairs or n2 == pairs:
-        return math.nan, math.nan  # one ranking is constant
-    S = int(conc - disc)
-    tau = S / math.sqrt((pairs - n1) * (pairs - n2))
-    if not n1 and not n2:
-        counts = _inversion_counts(n)  # S = pairs - 2 * inversions
-        extreme = sum(c for k, c in enumerate(counts) if abs(pairs - 2 * k) >= abs(S))
-        return tau, min(1.0, extreme / math.factorial(n))
-    v0 = n * (n - 1) * (2 * n + 5)
-    vt = sum(t * (t - 1) * (2 * t + 5) for t in tx)
-    vu = sum(u * (u - 1) * (2 * u + 5) for u in ty)
-    v1 = sum(t * (t - 1) for t in tx) * sum(u * (u - 1) for u in ty) / (2 * n * (n - 1))
-    v2 = (sum(t * (t - 1) * (t - 2) for t in tx) * sum(u * (u - 1) * (u - 2) for u in ty)
-          / (9 * n * (n - 1) * (n - 2))) if n > 2 else 0.0
-    var = (v0 - vt - vu) / 18 + v1 + v2
-    return tau, math.erfc(abs(S) / math.sqrt(var) / math.sqrt(2)) if var > 0 else math.nan
+    from scipy.stats import kendalltau
 
-
-def _tie_groups(values: Sequence[float]) -> list[int]:
-    counts: dict[float, int] = {}
-    for v in values:
-        counts[v] = counts.get(v, 0) + 1
-    return [c for c in counts.values() if c > 1]
-
-
-def _inversion_counts(n: int) -> list[int]:
-    """How many permutations of n items have k inversions, k = 0 .. n(n-1)/2."""
-    counts = [1]
-    for m in range(2, n + 1):  # insert item m into each permutation of m - 1 items
-        new = [0] * (len(counts) + m - 1)
-        for k, c in enumerate(counts):
-            for extra in range(m):
-                new[k + extra] += c
-        counts = new
-    return counts
+    result = kendalltau(x, y)
+    return float(result.statistic), float(result.pvalue)

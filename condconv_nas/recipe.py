@@ -7,9 +7,11 @@ from dataclasses import dataclass, fields
 
 from .errors import UserError
 
-__all__ = ["SCHEDULES", "Recipe", "RecipeError"]
+__all__ = ["DEFAULT_BATCH", "MIN_STEPS", "SCHEDULES", "Recipe", "RecipeError"]
 
 SCHEDULES = ("cosine", "onecycle")
+DEFAULT_BATCH = 256
+MIN_STEPS = 25  # optimizer steps an epoch below which a default batch is made smaller
 
 
 class RecipeError(UserError, ValueError):
@@ -21,7 +23,7 @@ class Recipe:
     """Proxy training recipe; every field can be overridden."""
 
     epochs: int = 5
-    batch_size: int = 256
+    batch_size: int | None = None      # None: 256, or smaller for at least MIN_STEPS steps an epoch
     lr: float = 0.4
     momentum: float = 0.9
     nesterov: bool = True
@@ -38,7 +40,9 @@ class Recipe:
     def __post_init__(self) -> None:
         checks = [
             ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1"),
-            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1,
+            ("batch_size", self.batch_size is None or (isinstance(self.batch_size, int)
+                                                       and not isinstance(self.batch_size, bool)
+                                                       and self.batch_size >= 1),
              "an integer >= 1"),
             ("lr", _num(self.lr) and 0 < self.lr < 100, "a number in (0, 100)"),
             ("momentum", _num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
@@ -54,6 +58,18 @@ class Recipe:
         for name, ok, want in checks:
             if not ok:
                 raise RecipeError(f"recipe.{name}: must be {want}, got {getattr(self, name)!r}")
+
+    def batch_for(self, n_train: int) -> int:
+        """The batch size on `n_train` images: the one set, else 256 or the largest power of two
+        that leaves MIN_STEPS optimizer steps an epoch (at least 16, at most the split).
+
+        A small training set at batch 256 gets a handful of steps an epoch and barely learns
+        (1,600 images: 6 steps, 20% validation accuracy after 8 epochs; batch 64: 91%).
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        fit = 2 ** max(4, int(math.log2(max(1, n_train) / MIN_STEPS)))
+        return max(1, min(DEFAULT_BATCH, fit, n_train))
 
     @classmethod
     def field_names(cls) -> list[str]:

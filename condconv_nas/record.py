@@ -51,9 +51,11 @@ class TrialRecord:
     stale: bool = False                      # a dead or interrupted attempt: not counted
     retry_of: int | None = None              # the failed attempt this trial runs again
     retry_reason: str = ""
-    # What a queued baseline trial is to run (carried over when it is queued again).
+    # What a queued trial is to run (carried over when it is queued again): a baseline point,
+    # or a confirmation of a front trial (family "search" or "random", `confirm_of` its number).
     baseline_spec: dict[str, Any] | None = None
-    family: str | None = None                # a baseline family; None on search trials
+    family: str | None = None                # a baseline family, or a confirmation's source
+    confirm_of: int | None = None            # the front trial this run confirms
     multiplier: float | None = None
     seed: int = 0                            # seed index: 0 is the search's own seed
     baseline_label: str = ""
@@ -70,7 +72,7 @@ class TrialRecord:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
 # A queued trial's instructions, carried over when a dead attempt is queued again.
-QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label")
+QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label", "confirm_of")
 # Training results, copied from an identical earlier trial when its result is reused.
 RESULT_FIELDS = ("curve", "seconds", "images_per_s", "epochs_run")
 

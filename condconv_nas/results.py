@@ -27,7 +27,7 @@ __all__ = ["StudyNotFoundError", "StudyResults", "architecture_summary", "expert
 
 COLUMNS = ["study", "family", "number", "state", "val_acc", "madds", "params", "multiplier",
            "seed", "label", "seconds", "images_per_s", "epochs_run", "feasible", "reused_from",
-           "worker", "fail_reason", "weights_artifact", "arch", "spec"]
+           "worker", "fail_reason", "weights_artifact", "confirm_of", "arch", "spec"]
 
 
 class StudyNotFoundError(UserError, LookupError):
@@ -40,7 +40,8 @@ class StudyResults:
 
     name: str
     storage: str
-    trials: pd.DataFrame  # every trial of the study and its siblings, one row each
+    trials: pd.DataFrame  # every trial of the study, its control and baselines, one row each
+    confirmations: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COLUMNS))
     manifest: dict[str, Any] = field(default_factory=dict)
     importances: dict[str, float] = field(default_factory=dict)
     fidelity: dict[str, Any] | None = None
@@ -54,6 +55,12 @@ class StudyResults:
         # A search trial that reused an earlier identical architecture adds no evidence; a
         # baseline's shared anchor (the base net under each family) is that family's point.
         return done[~(done.family.isin(SEARCH_FAMILIES) & done.reused_from.notna())]
+
+    @property
+    def confirmed(self) -> pd.DataFrame:
+        """Completed confirmation runs (family: the source, `confirm_of`: the front trial)."""
+        c = self.confirmations
+        return c[(c.state == "COMPLETE") & c.val_acc.notna()]
 
 
 def architecture_summary(spec: dict[str, Any] | None) -> str:
@@ -104,12 +111,13 @@ def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame
             "seconds": r.seconds, "images_per_s": r.images_per_s, "epochs_run": r.epochs_run,
             "feasible": not r.infeasible, "reused_from": r.reused_from, "worker": r.worker,
             "fail_reason": r.fail_reason, "weights_artifact": r.weights_artifact,
+            "confirm_of": r.confirm_of,
             "arch": architecture_summary(r.spec),
             "spec": json.dumps(r.spec, sort_keys=True) if r.spec else "",
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("val_acc", "madds", "params", "multiplier", "seconds", "images_per_s",
-                "reused_from"):
+                "reused_from", "confirm_of"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["feasible"] = df["feasible"].astype(bool)
     return df
@@ -154,6 +162,11 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
     importances: dict[str, float] = {}
     fidelity = None
     search, control = SEARCH_FAMILIES
+    confirmations = pd.DataFrame(columns=COLUMNS)
+    if f"{name}.confirm" in names:
+        studies.append(f"{name}.confirm")
+        confirmations = trials_frame(optuna.load_study(study_name=f"{name}.confirm",
+                                                       storage=storage))
     for sibling, family in ((name, search), (f"{name}.random", control),
                             (f"{name}.baseline", None)):
         if sibling not in names:
@@ -176,5 +189,6 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
         elif family is None:
             manifest["baselines"] = study.user_attrs.get("config", {}).get("baselines")
     trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-    return StudyResults(name=name, storage=url, trials=trials, manifest=manifest,
+    return StudyResults(name=name, storage=url, trials=trials, confirmations=confirmations,
+                        manifest=manifest,
                         importances=importances, fidelity=fidelity, studies=studies)

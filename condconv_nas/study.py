@@ -8,6 +8,7 @@ Python API needs are re-exported here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import zlib
@@ -16,16 +17,19 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
-from .baselines import baseline_grid
+from .baselines import baseline_grid, search_range
 from .config import (
     PrunerConfig,
     StudyConfig,
     StudyError,
     baseline_study_config,
+    confirm_study_config,
     control_study_config,
     load_study_config,
     load_study_data,
     manifest,
+    result_settings,
+    settings_differ,
     with_overrides,
 )
 from .cost import CONVENTION
@@ -36,15 +40,26 @@ from .workers import deferred_interrupt, resolve_workers, run_workers
 
 __all__ = ["PrunerConfig", "StorageError", "StudyConfig", "StudyError", "baseline_study_config",
            "control_study_config", "join_study", "list_studies", "load_study_config",
-           "open_storage", "run_baselines", "run_search", "with_overrides"]
+           "open_storage", "run_baselines", "run_confirm", "run_search", "with_overrides"]
 
 
-def open_study(cfg: StudyConfig, kind: str) -> optuna.Study:
-    """Create or load the study; store its kind, config and the MAdds convention once."""
+def open_study(cfg: StudyConfig, kind: str, parent: str = "") -> optuna.Study:
+    """Create or load the study; store its kind, config and the MAdds convention once.
+
+    A study (and its `parent`, the search study of a sibling) that was run with other result
+    settings (dataset, split, recipe, seed, budget, space) is refused before anything is
+    written: results trained differently must not mix in one study.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(cfg.storage, heartbeat=cfg.heartbeat)
+    now = result_settings(cfg)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for name in [n for n in (parent, cfg.name) if n and n in names]:
+        _check_settings(cfg, optuna.load_study(study_name=name, storage=storage), now)
     study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
                                 directions=["maximize", "minimize"])
+    if "settings" not in study.user_attrs:
+        study.set_user_attr("settings", now)
     if study.user_attrs.get("madds_convention") != CONVENTION:
         study.set_metric_names(["val_acc", "madds"])
         study.set_user_attr("madds_convention", CONVENTION)
@@ -53,13 +68,33 @@ def open_study(cfg: StudyConfig, kind: str) -> optuna.Study:
     return study
 
 
+def _check_settings(cfg: StudyConfig, study: optuna.Study, now: dict) -> None:
+    """Refuse a study stored under other result settings (legacy studies: their manifest)."""
+    attrs = study.user_attrs
+    stored = attrs.get("settings")
+    if stored is None:  # written before settings were stored: what the manifest recorded
+        legacy = attrs.get("config") or {}
+        stored = {k: legacy[k] for k in ("dataset", "val_size", "train_limit", "seed",
+                                         "budget_madds", "recipe") if k in legacy}
+    differ = settings_differ(stored, now)
+    if differ:
+        first = differ[0]
+        old = stored.get(first) if "." not in first else stored["recipe"].get(first[7:])
+        new = now.get(first) if "." not in first else now["recipe"].get(first[7:])
+        raise StudyError(f"{cfg.path}: study {study.study_name} was trained with other settings "
+                         f"({', '.join(differ)} differ; {first}: stored {old!r}, now {new!r}); "
+                         "restore them, or give the study a new name to train under these")
+
+
 def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Create or resume the study, then run its workers to the total trial budget."""
     cfg = resolve_workers(cfg)
     # A dataset that cannot be read is reported before the study is created or touched; a single
     # in-process worker then trains on this very copy.
     data = load_study_data(cfg)
-    study = open_study(cfg, "random-control" if cfg.name.endswith(".random") else "search")
+    control = cfg.name.endswith(".random")
+    study = open_study(cfg, "random-control" if control else "search",
+                       parent=cfg.name[: -len(".random")] if control else "")
     stale = reap_stale(study)
     if stale:
         print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
@@ -76,31 +111,58 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
 
 
 def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
-               baseline: bool = False) -> dict:
-    """Join a study that `search` (or `baselines`) started, from any machine sharing its storage.
+               baseline: bool = False, confirm: bool = False) -> dict:
+    """Join a study that `search` (`baselines`, `confirm`) started, from any machine sharing its storage.
 
     The worker claims trials until the study's budget is used, and while other workers' trials
     run it stays to take over any whose worker dies (heartbeat on databases).
     """
-    name = f"{cfg.name}.baseline" if baseline else cfg.name
+    sibling = confirm_study_config if confirm else baseline_study_config if baseline else None
+    queued = sibling is not None
+    name = sibling(cfg).name if sibling else cfg.name
     cfg = resolve_workers(cfg)
     storage = open_storage(cfg.storage, create=False, heartbeat=cfg.heartbeat)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        start = "baselines" if baseline else "search"
+        start = "confirm" if confirm else "baselines" if baseline else "search"
         raise StudyError(f"{cfg.path}: study {name} is not in storage {cfg.storage}; start it "
                          f"with `condconv-nas {start}` first") from None
-    if baseline:
+    _check_settings(cfg, study, result_settings(cfg))
+    if sibling:
         trials = study.get_trials(deepcopy=False)
-        cfg = dataclasses.replace(baseline_study_config(cfg), trials=budget_used(trials) + sum(
+        cfg = dataclasses.replace(sibling(cfg), trials=budget_used(trials) + sum(
             t.state == TrialState.WAITING for t in trials))
     done = budget_used(study.get_trials(deepcopy=False))
     print_fn(f"joining study {name}: {done} of {cfg.trials} trials claimed; storage "
              f"{cfg.storage}; {cfg.workers} worker(s)")
     # Machines joining at once must not replay one another's samples: salt with host and pid.
     salt = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) + 1009 * done
-    return {"ran": run_workers(cfg, print_fn, baseline=baseline, salt=salt)}
+    return {"ran": run_workers(cfg, print_fn, baseline=queued, salt=salt)}
+
+
+def _queue(study: optuna.Study, storage_url: str, points: list[dict], seeds: range) -> int:
+    """Queue each point once per seed unless a live attempt exists; failed ones run again.
+
+    A point is its record fields (spec, family, label, ...); an attempt that failed for a
+    reason of its own (not a dead worker, which is queued again anyway) is retried here.
+    """
+    with deferred_interrupt(), claim_lock(storage_url):
+        trials = study.get_trials(deepcopy=False)
+        have = {(r.baseline_label, r.seed) for t in trials
+                if not (r := TrialRecord.of(t.user_attrs)).stale and t.state != TrialState.FAIL}
+        queued = 0
+        for point in points:
+            for seed in seeds:
+                if (point["baseline_label"], seed) not in have:
+                    study.enqueue_trial({}, skip_if_exists=False,
+                                        user_attrs=record_attrs(**point, seed=seed))
+                    queued += 1
+    return queued
+
+
+def _waiting(study: optuna.Study) -> int:
+    return sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
@@ -116,27 +178,21 @@ def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> 
         return spec.for_input(data.in_channels, spec.input_size if space.resolution else data.size,
                               data.num_classes)
 
-    grid = baseline_grid(space, settings.families, settings.points, adapt=adapt)
-    study = open_study(bcfg, "baseline")
+    # The study's budget, not the space's: search points up to it must have a baseline to meet.
+    grid = baseline_grid(space, settings.families, settings.points, adapt=adapt,
+                         madds_range=search_range(space, adapt, cfg.budget_madds))
+    study = open_study(bcfg, "baseline", parent=cfg.name)
     stale = reap_stale(study)
     if stale:
         print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
-    with deferred_interrupt(), claim_lock(bcfg.storage):
-        records = [TrialRecord.of(t.user_attrs) for t in study.get_trials(deepcopy=False)]
-        have = {(r.baseline_label, r.seed) for r in records if not r.stale}
-        queued = 0
-        for point in grid:
-            for seed in range(settings.seeds):
-                if (point.label, seed) in have:
-                    continue
-                study.enqueue_trial({}, skip_if_exists=False, user_attrs=record_attrs(
-                    baseline_spec=point.spec.to_dict(), family=point.family,
-                    multiplier=point.multiplier, seed=seed, baseline_label=point.label))
-                queued += 1
-        trials = study.get_trials(deepcopy=False)
-        total = budget_used(trials) + sum(t.state == TrialState.WAITING for t in trials)
-    bcfg = dataclasses.replace(bcfg, trials=total)
-    done = total - sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    queued = _queue(study, bcfg.storage, [
+        {"baseline_spec": p.spec.to_dict(), "family": p.family, "multiplier": p.multiplier,
+         "baseline_label": p.label} for p in grid], range(settings.seeds))
+    waiting = _waiting(study)
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               for t in study.get_trials(deepcopy=False))
+    total = done + waiting
+    bcfg = dataclasses.replace(bcfg, trials=budget_used(study.get_trials(deepcopy=False)) + waiting)
     print_fn(f"study {bcfg.name}: {len(grid)} architectures x {settings.seeds} seed(s) "
              f"({', '.join(settings.families)}); {done} of {total} trials done, {queued} newly "
              f"queued; storage {bcfg.storage}; {bcfg.workers} worker(s)")
@@ -144,3 +200,41 @@ def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> 
         print_fn("nothing to do (raise baselines.points or seeds to go on)")
         return {"ran": 0}
     return {"ran": run_workers(bcfg, print_fn, baseline=True, data=data)}
+
+
+def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
+    """Retrain every front architecture of the search (and of its control) with fresh seeds.
+
+    Runs go to the sibling study `X.confirm`, seed indices 1..N (the search trained each with
+    index 0), so the selection that put a point on the front cannot inflate its confirmed mean.
+    """
+    from .pareto import front
+    from .record import SEARCH_FAMILIES
+    from .results import load_results
+
+    ccfg = confirm_study_config(resolve_workers(cfg))
+    results = load_results(open_storage(cfg.storage, create=False), cfg.name, cfg.storage)
+    done = results.finished
+    points = []
+    for source in SEARCH_FAMILIES:
+        for r in front(done[done.family == source]).itertuples():
+            points.append({"baseline_spec": json.loads(r.spec), "family": source,
+                           "confirm_of": int(r.number), "baseline_label": f"{source} #{r.number}"})
+    if not points:
+        raise StudyError(f"{cfg.path}: study {cfg.name} has no completed trials to confirm; run "
+                         "`condconv-nas search` first")
+    data = load_study_data(cfg)
+    study = open_study(ccfg, "confirm", parent=cfg.name)
+    stale = reap_stale(study)
+    if stale:
+        print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
+    queued = _queue(study, ccfg.storage, points, range(1, cfg.confirm_seeds + 1))
+    waiting = _waiting(study)
+    ccfg = dataclasses.replace(ccfg, trials=budget_used(study.get_trials(deepcopy=False)) + waiting)
+    print_fn(f"study {ccfg.name}: {len(points)} front architectures x {cfg.confirm_seeds} fresh "
+             f"seed(s); {queued} runs newly queued, {waiting} to run; storage {ccfg.storage}; "
+             f"{ccfg.workers} worker(s)")
+    if not waiting:
+        print_fn("nothing to do (every front architecture is confirmed)")
+        return {"ran": 0}
+    return {"ran": run_workers(ccfg, print_fn, baseline=True, data=data)}

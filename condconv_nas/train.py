@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import resource
@@ -19,7 +20,7 @@ from .errors import UserError
 from .recipe import SCHEDULES, Recipe, RecipeError  # noqa: F401  (re-exported: train.Recipe)
 
 __all__ = ["FitResult", "NonFiniteLossError", "Recipe", "RecipeError", "check_batch_size", "evaluate",
-           "fit", "resolve_device"]
+           "few_steps_note", "fit", "resolve_device"]
 
 class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; carries where."""
@@ -129,6 +130,7 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
     cuda = device.type == "cuda"
     bf16 = cuda if recipe.bf16 is None else recipe.bf16
     channels_last = recipe.channels_last
+    recipe = dataclasses.replace(recipe, batch_size=recipe.batch_for(len(data.train)))
     check_batch_size(recipe, data)
     n = len(data.train)
     if not cuda:
@@ -227,8 +229,8 @@ def _to_channels_last(model: nn.Module) -> None:
 def check_batch_size(recipe: Recipe, data: Dataset) -> None:
     """A batch must fit in the training split (the ragged last batch is dropped)."""
     n = len(data.train)
-    if recipe.batch_size > n:
-        raise RecipeError(f"batch size {recipe.batch_size} is larger than the training split "
+    if recipe.batch_for(n) > n:
+        raise RecipeError(f"batch size {recipe.batch_for(n)} is larger than the training split "
                           f"({n} images); use --batch-size {max(1, n // 4)} or smaller")
 
 
@@ -244,3 +246,16 @@ def _bar(enabled: bool, total: int, desc: str):
 def _close(bar) -> None:
     if bar is not None:
         bar.close()
+
+
+def few_steps_note(recipe: Recipe, n_train: int) -> str | None:
+    """A note when a batch the user set leaves fewer than MIN_STEPS optimizer steps an epoch."""
+    from .recipe import MIN_STEPS
+
+    steps = n_train // recipe.batch_for(n_train)
+    if recipe.batch_size is None or steps >= MIN_STEPS:
+        return None
+    better = Recipe(epochs=1).batch_for(n_train)
+    return (f"note: batch {recipe.batch_size} leaves {steps} optimizer steps an epoch on "
+            f"{n_train} images, too few to learn well; --batch-size {better} gives "
+            f"{n_train // better}")

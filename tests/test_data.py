@@ -56,6 +56,8 @@ def test_missing_and_corrupt_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.delenv(D.ENV_VAR, raising=False)
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+    with pytest.raises(DataError, match="not found in .*empty"):  # a named folder only
         load_dataset("fashion-mnist", str(tmp_path / "empty"))
     folder = fake_fmnist(tmp_path / "fm")
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
@@ -185,3 +187,15 @@ def test_normalize_standardises_per_channel():
     data = load_dataset("synthetic", val_size=10)
     x = normalize(data.train.images, data)
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
+
+
+def test_a_named_data_dir_is_the_only_place_read(tmp_path, monkeypatch):
+    # A folder the user names without the files is an error naming it, even when the
+    # environment's folder (or Debian's) holds a copy that would otherwise be used.
+    env = fake_fmnist(tmp_path / "env", n_train=120)
+    monkeypatch.setenv(D.ENV_VAR, str(env))
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError, match=f"not found in {tmp_path / 'mine'}"):
+        load_dataset("fashion-mnist", str(tmp_path / "mine"))
+    with pytest.raises(DataError, match="not found in"):
+        load_dataset("cifar10", str(tmp_path / "mine"))

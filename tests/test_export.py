@@ -166,3 +166,41 @@ def test_load_arch_without_weights(searched, tmp_path):
     with pytest.raises(ExportError, match="no weights"):
         cn.load_arch(out)
     assert isinstance(cn.load_arch(out, weights=False), torch.nn.Module)
+
+
+def test_export_refuses_a_trial_without_weights_unless_asked(searched, tmp_path, capsys):
+    from condconv_nas.record import record_attrs
+
+    # A study holding one finished trial whose weights were not kept (it was off the front).
+    spec = next(t for t in optuna.load_study(
+        study_name="t", storage=open_storage(load_study_config(searched).storage)).trials
+        if t.values and t.values[0] > 0).user_attrs["spec"]
+    path = tmp_path / "b.yaml"
+    path.write_text(searched.read_text().replace("name: t", "name: b"))
+    study = optuna.create_study(study_name="b", storage=open_storage(str(tmp_path / "b.journal")),
+                                directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[0.5, 1e6], user_attrs=record_attrs(
+        spec=spec, madds=1_000_000, params=1)))
+    out = tmp_path / "bare"
+    assert main(["export", str(path), "--pick", "trial=0", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--retrain" in err[0] and not out.exists(), err
+    assert main(["export", str(path), "--pick", "trial=0", "-o", str(out), "--untrained"]) == 0
+    assert json.loads((out / "arch.json").read_text())["weights"] is None
+
+
+def test_exported_weights_reproduce_the_trials_validation_accuracy(searched, tmp_path):
+    from condconv_nas.config import load_study_data
+    from condconv_nas.results import load_results
+    from condconv_nas.train import evaluate
+
+    cfg = load_study_config(searched)
+    out = tmp_path / "best"
+    assert main(["export", str(searched), "-o", str(out)]) == 0
+    record = json.loads((out / "arch.json").read_text())
+    trial = record["provenance"]["trial"]
+    res = load_results(open_storage(cfg.storage), "t")
+    stored = float(res.trials[res.trials.number == trial].val_acc.iloc[0])
+    data = load_study_data(cfg)  # the study's own validation split, as the trial was scored
+    acc = evaluate(cn.load_arch(out), data.val, data, channels_last=cfg.recipe.channels_last)
+    assert acc == pytest.approx(stored, abs=1.5 / len(data.val))  # at most one image apart

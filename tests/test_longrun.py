@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import optuna
@@ -10,8 +11,9 @@ import pandas as pd
 import yaml
 
 from condconv_nas.cli import main
-from condconv_nas.longrun import _spread, verdict
+from condconv_nas.longrun import _spread, fidelity_points, verdict
 from condconv_nas.pareto import kendall_tau
+from condconv_nas.results import load_results
 from condconv_nas.study import load_study_config, open_storage, run_baselines, run_search
 
 ROOT = Path(__file__).parent.parent
@@ -26,6 +28,7 @@ def test_spread_picks_ends_and_middle():
 
 def test_verdict_says_when_the_proxy_is_not_evidence():
     assert "NOT" in verdict(0.1, 0.6, 8)
+    assert "no better than counting MAdds" in verdict(0.8, 0.01, 8, tau_madds=0.9)
     assert "is evidence" in verdict(0.8, 0.01, 8)
     assert "Too few" in verdict(1.0, 0.1, 3)
 
@@ -47,8 +50,20 @@ def test_fidelity_end_to_end(tmp_path, capsys):
     tau, p = kendall_tau([q["proxy_acc"] for q in record["points"]],
                          [q["long_acc"] for q in record["points"]])
     assert record["n"] == len(record["points"]) and record["epochs"] == 2
-    if tau == tau:  # nan when one ranking is constant (possible on easy synthetic data)
-        assert record["tau"] == tau and record["p_value"] == p
+    # nan when one ranking is constant (possible on easy synthetic data): then both are nan.
+    assert record["tau"] == tau or (math.isnan(tau) and math.isnan(record["tau"]))
+    assert record["p_value"] == p or (math.isnan(p) and math.isnan(record["p_value"]))
+    # Each architecture once: the base network anchoring several families is not retrained twice.
+    specs = [json.dumps({k: v for k, v in json.loads(q["spec"]).items() if k != "name"},
+                        sort_keys=True) for q in fidelity_points(
+        load_results(open_storage(cfg.storage), "t").finished, 2)]
+    assert len(specs) == len(set(specs)) == record["n"]
+    # Beside it, what MAdds and params alone reach on the same architectures.
+    long = [q["long_acc"] for q in record["points"]]
+    madds_tau = kendall_tau([q["madds"] for q in record["points"]], long)[0]
+    assert record["tau_madds"] == madds_tau or (math.isnan(madds_tau)
+                                                and math.isnan(record["tau_madds"]))
+    assert "tau_params" in record
     study = optuna.load_study(study_name="t", storage=open_storage(cfg.storage))
     assert study.user_attrs["fidelity"]["n"] == record["n"]
     assert len(study.user_attrs["fidelity_runs"]) == record["n"]

@@ -59,15 +59,20 @@ def test_front_frame_sorted_and_deduplicated():
 
 def test_hypervolume_by_hand():
     # Normalised on log10 MAdds 1..100 and accuracy 0.5..1.0: (10 MAdds, 0.75) -> (0.5, 0.5),
-    # (1 MAdd, 0.6) -> (0, 0.2). Strips: 1.0 * 0.2 + 0.5 * (0.5 - 0.2) = 0.35.
+    # (1 MAdd, 0.6) -> (0, 0.2); the reference is (1.1, -0.1). Strips:
+    # (1.1 - 0) * (0.2 + 0.1) + (1.1 - 0.5) * (0.5 - 0.2) = 0.33 + 0.18 = 0.51.
     norm = Normalisation(1, 100, 0.5, 1.0)
-    assert hypervolume(frame([(0.75, 10), (0.6, 1)]), norm) == pytest.approx(0.35)
-    assert hypervolume(frame([(1.0, 1)]), norm) == pytest.approx(1.0)  # the ideal corner
+    assert hypervolume(frame([(0.75, 10), (0.6, 1)]), norm) == pytest.approx(0.51)
+    assert hypervolume(frame([(1.0, 1)]), norm) == pytest.approx(1.21)  # the ideal corner
     assert hypervolume(frame([]), norm) == 0.0
+    # The worst corner itself (dearest MAdds, lowest accuracy) adds to the volume: 0.1 * 0.1.
+    assert hypervolume(frame([(0.5, 100)]), norm) == pytest.approx(0.01)
+    assert hypervolume(frame([(0.5, 100), (0.75, 10)]), norm) > hypervolume(frame([(0.75, 10)]),
+                                                                          norm) - 1e-12
 
 
 def test_hypervolume_matches_optuna_on_random_sets():
-    # Independent reference: Optuna's WFG hypervolume on (cost, -quality) against (1, 0).
+    # Independent reference: Optuna's WFG hypervolume on (cost, -quality) against (1.1, 0.1).
     from optuna._hypervolume import compute_hypervolume
 
     rng = np.random.default_rng(0)
@@ -76,7 +81,7 @@ def test_hypervolume_matches_optuna_on_random_sets():
         df = frame(list(zip(acc, madds)))
         norm = normalisation(df)
         pts = np.stack([norm.cost(madds), -norm.quality(acc)], axis=1)
-        ref = compute_hypervolume(pts, np.array([1.0, 0.0]))
+        ref = compute_hypervolume(pts, np.array([1.1, 0.1]))
         assert hypervolume(df, norm) == pytest.approx(ref, abs=1e-12)
 
 
@@ -151,9 +156,11 @@ def test_summary_rows_and_gains():
     assert s.loc["search", "front"] == 2 and s.loc["width", "front"] == 3
     assert s.loc["width", "gain_mean"] == pytest.approx(np.mean([0.03, 1.25 - (0.5 + 0.69)]))
     assert s.loc["width", "beyond_noise"] == "2 of 2"
-    # Shared scale: log10 MAdds 5..7, accuracy 0.99 (worst seed) .. 1.25. Width's seed means
-    # (1.0, 1e5), (1.1, 1e6), (1.2, 1e7) give strips 1 * 0.01/0.26 + 0.5 * 0.1/0.26.
-    assert s.loc["width", "hypervolume"] == pytest.approx(0.01 / 0.26 + 0.5 * 0.1 / 0.26)
+    # Shared scale: log10 MAdds 5..7, accuracy 0.99 (worst seed) .. 1.25, reference (1.1, -0.1).
+    # Width's seed means (1.0, 1e5), (1.1, 1e6), (1.2, 1e7) at cost 0, 0.5, 1 give strips
+    # 1.1 * (0.01/0.26 + 0.1) + 0.6 * 0.1/0.26 + 0.1 * 0.1/0.26.
+    assert s.loc["width", "hypervolume"] == pytest.approx(
+        1.1 * (0.01 / 0.26 + 0.1) + 0.6 * 0.1 / 0.26 + 0.1 * 0.1 / 0.26)
 
 
 # --- Kendall tau -----------------------------------------------------------------------------------
@@ -196,7 +203,10 @@ def test_kendall_with_ties_uses_tau_b():
     x, y = [1, 1, 2, 3], [1, 2, 3, 4]
     tau, p = kendall_tau(x, y)
     assert tau == pytest.approx(5 / math.sqrt(5 * 6))
-    assert 0 < p < 1
+    # Kendall's tie-corrected variance by hand: n = 4, one tie of two in x:
+    # (n(n-1)(2n+5) - t(t-1)(2t+5)) / 18 = (156 - 18) / 18; S = C - D = 5.
+    var = (4 * 3 * 13 - 2 * 1 * 9) / 18
+    assert p == pytest.approx(math.erfc(5 / math.sqrt(var) / math.sqrt(2)), rel=1e-9)
 
 
 def test_summary_compares_the_search_with_the_random_control():

@@ -106,10 +106,14 @@ def test_page_structure(tmp_path):
     # Nothing is fetched from outside: no src/href to another host, and no URL outside plotly.js.
     assert not re.search(r"<(script|img|iframe)[^>]+src=|<link[^>]+href=", page)
     assert not re.search(r"https?://", page.replace(get_plotlyjs(), ""))
-    # Headline: one row per family, in a fixed order.
-    headline = re.search(r"<table id=headline>(.*?)</table>", page, re.S).group(1)
-    assert re.findall(r"<tr><td class=l>(\w+)</td>", headline) == [
+    # Families: one row per family, in a fixed order.
+    families = re.search(r"<table id=families>(.*?)</table>", page, re.S).group(1)
+    assert re.findall(r"<tr><td class=l>(\w+)</td>", families) == [
         "search", "random", "width", "depth", "compound", "experts"]
+    # Nothing was confirmed: the page says so at the top and the headline holds no claim.
+    assert page.index("Not confirmed: no claim is made") < page.index("id=headline")
+    headline = re.search(r"<table id=headline>(.*?)</table>", page, re.S).group(1)
+    assert "<td" not in headline
     # The trial table lists every trial, sortable.
     rows = re.search(r"<table class=sortable id=trials>.*?<tbody>(.*?)</tbody>", page, re.S)
     assert rows.group(1).count("<tr>") == len(res.trials)
@@ -117,8 +121,9 @@ def test_page_structure(tmp_path):
     assert "madds_convention" in page  # the manifest
     # The pareto figure has every trial and a front per search family, a curve per baseline.
     names = [tr.name for tr in figs["pareto"].data]
-    assert names == ["search: all trials", "search: front", "random control: all trials",
-                     "random control: front", "baseline: width", "baseline: depth",
+    assert names == ["search: all trials", "search: front (single runs)",
+                     "random control: all trials", "random control: front (single runs)",
+                     "baseline: width", "baseline: depth",
                      "baseline: compound", "baseline: experts"]
 
 

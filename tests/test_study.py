@@ -124,14 +124,22 @@ def test_pruner_counts_cheaper_trials_that_were_better(tmp_path):
 
 
 def test_pruned_trial_is_recorded_with_its_curve(tmp_path):
-    path = write_study(tmp_path, trials=4, pruner={"k": 1, "warmup_epochs": 0},
+    path = write_study(tmp_path, trials=3, pruner={"k": 1, "warmup_epochs": 0},
                        recipe={"epochs": 2, "batch_size": 64, "lr": 0.2})
-    run_search(load_study_config(path), print_fn=lambda s: None)
+    # A witness cheaper and better than anything the space can train: every trial that follows
+    # has a cheaper-or-equal trial with a higher accuracy at epoch 1, so k=1 prunes it there.
+    cfg = load_study_config(path)
+    study = optuna.create_study(study_name=cfg.name, storage=open_storage(cfg.storage),
+                                directions=["maximize", "minimize"])
+    curve = [{"epoch": 1, "val_acc": 1.0}, {"epoch": 2, "val_acc": 1.0}]
+    study.add_trial(optuna.trial.create_trial(values=[1.0, 1.0], user_attrs={
+        "madds": 1, "curve": curve}))
+    run_search(cfg, print_fn=lambda s: None)
     trials = load(path).trials
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(trials) == 3 and len(pruned) == 2
     for t in pruned:
-        assert t.user_attrs["curve"] and t.user_attrs["epochs_run"] < 2
-    assert len(trials) == 4
+        assert len(t.user_attrs["curve"]) == 1 and t.user_attrs["epochs_run"] == 1
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from condconv_nas.train import (
     RecipeError,
     _lr_factor,
     _param_groups,
+    few_steps_note,
     fit,
     resolve_device,
 )
@@ -150,3 +151,20 @@ def test_fashion_mnist_one_epoch_on_5k_far_above_chance():
     result = fit(model, data, Recipe(epochs=1, batch_size=128, lr=0.1, warmup_epochs=0.3),
                  eval_test=True)
     assert result.test_acc > 0.6, result  # chance is 0.1
+
+
+def test_default_batch_leaves_enough_steps_on_small_sets():
+    # By hand: 256, or the largest power of two leaving 25 steps an epoch (at least 16).
+    r = Recipe()
+    assert [r.batch_for(n) for n in (55000, 4000, 1600, 400, 100, 10)] == [256, 128, 64, 16, 16, 10]
+    assert Recipe(batch_size=256).batch_for(1600) == 256  # a batch the user set is kept
+    assert few_steps_note(Recipe(batch_size=256), 1600).startswith("note: batch 256 leaves 6")
+    assert few_steps_note(Recipe(), 1600) is None and few_steps_note(Recipe(batch_size=64), 1600) is None
+
+
+def test_default_batch_learns_a_small_set_that_batch_256_does_not():
+    # 500 training images: batch 256 gives 1 optimizer step an epoch; the default gives 31.
+    data = load_dataset("synthetic", val_size=400, train_limit=500)
+    small = fit(tiny_model(), data, Recipe(epochs=3, lr=0.2))
+    large = fit(tiny_model(), data, Recipe(epochs=3, lr=0.2, batch_size=256))
+    assert small.val_acc > large.val_acc + 0.15 and small.val_acc > 0.6
