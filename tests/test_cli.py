@@ -126,6 +126,9 @@ def test_train_missing_fashion_mnist(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("CONDCONV_NAS_DATA", raising=False)
     code, _, err = run(capsys, "train", "--preset", "mobilenet_v2_proxy28", "--dataset",
                        "fashion-mnist", "--data-dir", str(tmp_path))
+    assert code == 2 and f"not found in {tmp_path}" in err  # the folder named, nowhere else
+    code, _, err = run(capsys, "train", "--preset", "mobilenet_v2_proxy28", "--dataset",
+                       "fashion-mnist")
     assert code == 2 and "apt-get install dataset-fashion-mnist" in err
 
 
