@@ -24,6 +24,7 @@ ROOT = Path(__file__).parent.parent
 def write_study(tmp_path: Path, **kw) -> Path:
     data = {"name": "t", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
             "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 4, "seed": 0,
+            "train_limit": 400, "val_size": 200,  # pipeline tests: small and quick
             "workers": 1, "baselines": {"families": ["width"], "points": 2, "seeds": 2},
             "confirm": {"seeds": 2}}
     data.update(kw)
