@@ -84,14 +84,21 @@ def contrast(terms: Sequence[tuple[float, Group]]) -> Estimate:
     return Estimate(value, math.sqrt(var), df)
 
 
-def interpolation_terms(curve: Sequence[Group], madds: float) -> list[tuple[float, Group]] | None:
+def interpolation_terms(curve: Sequence[Group], madds: float, top: float | None = None
+                        ) -> list[tuple[float, Group]] | None:
     """The baseline at `madds` as weighted grid points (log-MAdds), or None outside its range.
 
-    `curve` is the family's grid of seed means sorted by MAdds. No extrapolation: a point cheaper
-    than the cheapest or dearer than the dearest grid point is not compared.
+    `curve` is the family's front of seed means sorted by MAdds (accuracy rising). Past its last
+    point, up to `top` (the family's dearest grid point), the family is its last front point: a
+    dearer grid point that is less accurate is dominated, and at that budget one would use the
+    front's. No extrapolation: a point cheaper than the cheapest or dearer than `top` is not
+    compared.
     """
-    if not curve or madds < curve[0].madds or madds > curve[-1].madds:
+    top = curve[-1].madds if top is None or not curve else max(top, curve[-1].madds)
+    if not curve or madds < curve[0].madds or madds > top:
         return None
+    if madds > curve[-1].madds:
+        return [(1.0, curve[-1])]
     for lo, hi in zip(curve, curve[1:]):
         if lo.madds <= madds <= hi.madds:
             if hi.madds == lo.madds:
@@ -146,8 +153,9 @@ def compare(confirmed: dict[str, list[Group]], baselines: dict[str, list[Group]]
     for source, points in confirmed.items():
         for family, grid in baselines.items():
             curve = _monotone(sorted(grid, key=lambda g: g.madds))
+            top = max(g.madds for g in grid)
             for point in points:
-                terms = interpolation_terms(curve, point.madds)
+                terms = interpolation_terms(curve, point.madds, top)
                 if terms is None:
                     continue
                 est = contrast([(1.0, point)] + [(-c, g) for c, g in terms])
@@ -188,7 +196,8 @@ def headline(confirmed: dict[str, list[Group]], baselines: dict[str, list[Group]
     for source, points in confirmed.items():
         for family, grid in baselines.items():
             curve = _monotone(sorted(grid, key=lambda g: g.madds))
-            covered = [(p, interpolation_terms(curve, p.madds)) for p in points]
+            top = max(g.madds for g in grid)
+            covered = [(p, interpolation_terms(curve, p.madds, top)) for p in points]
             covered = [(p, t) for p, t in covered if t is not None]
             weights: dict[int, list] = {}
             for p, terms in covered:

@@ -55,6 +55,10 @@ def test_interpolation_is_on_log_madds_and_never_extrapolates():
     assert (w0, w1) == pytest.approx((0.5, 0.5)) and (g0, g1) == tuple(curve)
     assert interpolation_terms(curve, 4e6) == [(1.0, curve[1])]
     assert interpolation_terms(curve, 0.9e6) is None and interpolation_terms(curve, 5e6) is None
+    # Past the front's last point, up to the family's dearest grid point, the family is that
+    # point (a dearer, less accurate grid point is dominated); beyond it, nothing.
+    assert interpolation_terms(curve, 6e6, top=8e6) == [(1.0, curve[1])]
+    assert interpolation_terms(curve, 9e6, top=8e6) is None
 
 
 def true_acc(madds: np.ndarray) -> np.ndarray:
@@ -124,3 +128,14 @@ def test_compare_rows_by_hand():
     assert r.p_holm == pytest.approx(r.p)  # one test: Holm changes nothing
     # MAdds saved: the curve reaches 0.78 at exp(log 1e6 + 0.8 log 4) MAdds.
     assert r.saved == pytest.approx(1 - 2e6 / math.exp(math.log(1e6) + 0.8 * math.log(4)))
+
+
+def test_a_dominated_dearer_grid_point_extends_the_compared_range():
+    # depth-like family: its dearer points are less accurate than its cheapest, so its front is
+    # one point; a search point between them is compared with that point (weight 1).
+    grid = [Group(1e6, 0.70, 0.01, 3), Group(2e6, 0.66, 0.01, 3), Group(4e6, 0.68, 0.01, 3)]
+    point = Group(3e6, 0.72, 0.01, 3)
+    rows = compare({"search": [point]}, {"depth": grid})
+    assert len(rows) == 1 and rows.baseline_acc.iloc[0] == pytest.approx(0.70)
+    ref = stats.ttest_ind_from_stats(0.72, 0.01, 3, 0.70, 0.01, 3, equal_var=False)
+    assert rows.p.iloc[0] == pytest.approx(ref.pvalue)
