@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "compound,experts (default: the study file's, else all)")
     p.add_argument("--points", type=int, metavar="N", help="grid points per scaling family "
                    "(default 5)")
-    p.add_argument("--seeds", type=int, metavar="N", help="seeds per point (default 2)")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="seeds per point (default: the study file's, else 3)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
     p.set_defaults(func=cmd_baselines)
 
