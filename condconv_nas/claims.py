@@ -140,6 +140,12 @@ def _monotone(curve: list[Group]) -> list[Group]:
     return kept
 
 
+def _curves(baselines: dict[str, list[Group]]) -> dict[str, tuple[list[Group], float]]:
+    """Per family: its front of seed means (sorted by MAdds) and its dearest grid point's MAdds."""
+    return {family: (_monotone(sorted(grid, key=lambda g: g.madds)), max(g.madds for g in grid))
+            for family, grid in baselines.items()}
+
+
 def compare(confirmed: dict[str, list[Group]], baselines: dict[str, list[Group]],
             alpha: float = ALPHA) -> pd.DataFrame:
     """One row per (source, confirmed point, baseline family) whose MAdds the family covers.
@@ -150,10 +156,9 @@ def compare(confirmed: dict[str, list[Group]], baselines: dict[str, list[Group]]
     mean's accuracy; descriptive, not tested).
     """
     rows = []
+    curves = _curves(baselines)
     for source, points in confirmed.items():
-        for family, grid in baselines.items():
-            curve = _monotone(sorted(grid, key=lambda g: g.madds))
-            top = max(g.madds for g in grid)
+        for family, (curve, top) in curves.items():
             for point in points:
                 terms = interpolation_terms(curve, point.madds, top)
                 if terms is None:
@@ -192,11 +197,10 @@ def headline(confirmed: dict[str, list[Group]], baselines: dict[str, list[Group]
     Welch p-value; Holm runs over every (source, family) test on the page. `significant` is the
     Holm decision at `alpha`; `comparisons` counts the points averaged.
     """
-    tests: list[tuple[str, str, Estimate, int, list[Group]]] = []
+    tests: list[tuple[str, str, Estimate, list[Group]]] = []
+    curves = _curves(baselines)
     for source, points in confirmed.items():
-        for family, grid in baselines.items():
-            curve = _monotone(sorted(grid, key=lambda g: g.madds))
-            top = max(g.madds for g in grid)
+        for family, (curve, top) in curves.items():
             covered = [(p, interpolation_terms(curve, p.madds, top)) for p in points]
             covered = [(p, t) for p, t in covered if t is not None]
             weights: dict[int, list] = {}
@@ -205,14 +209,13 @@ def headline(confirmed: dict[str, list[Group]], baselines: dict[str, list[Group]
                     weights.setdefault(id(g), [0.0, g])[0] += c / len(covered)
             est = (contrast([(c, g) for c, g in weights.values()]) if covered
                    else Estimate(math.nan, math.nan, math.nan))
-            tests.append((source, family, est, len(covered), [p for p, _ in covered]))
+            tests.append((source, family, est, [p for p, _ in covered]))
     adjusted = holm([t[2].p_value() for t in tests])
     out: dict[str, dict[str, dict]] = {}
-    for (source, family, est, k, pts), p_holm in zip(tests, adjusted):
-        curve = _monotone(sorted(baselines[family], key=lambda g: g.madds))
-        saved = [v for v in (_saved(curve, p) for p in pts) if math.isfinite(v)]
+    for (source, family, est, pts), p_holm in zip(tests, adjusted):
+        saved = [v for v in (_saved(curves[family][0], p) for p in pts) if math.isfinite(v)]
         out.setdefault(source, {})[family] = {
-            "comparisons": k, "gain_mean": _num(est.value), "gain_ci95": [_num(v) for v in est.ci()],
+            "comparisons": len(pts), "gain_mean": _num(est.value), "gain_ci95": [_num(v) for v in est.ci()],
             "p_value": _num(est.p_value()), "p_holm": _num(float(p_holm)),
             "significant": bool(p_holm < alpha),
             "madds_saved_median": _num(float(np.median(saved))) if saved else None,
