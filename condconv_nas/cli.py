@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from .commands import (
     PROG,
     cmd_baselines,
+    cmd_calibrate,
     cmd_confirm,
     cmd_cost,
     cmd_export,
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     joins = p.add_mutually_exclusive_group()
     joins.add_argument("--baselines", action="store_true", help="join X.baseline instead of X")
     joins.add_argument("--confirm", action="store_true", help="join X.confirm instead of X")
+    joins.add_argument("--calibrate", action="store_true", help="join X.calibrate instead of X")
     p.set_defaults(func=cmd_worker)
 
     p = _study_parser(sub, "confirm", help="retrain the front architectures with fresh seeds",
@@ -108,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fresh seeds per architecture (default: the study file's confirm.seeds, 3)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
     p.set_defaults(func=cmd_confirm)
+
+    p = _study_parser(sub, "calibrate", help="how long must the proxy train? (Kendall tau per "
+                       "proxy budget)",
+                       description="Train K architectures (space samples and baseline points, "
+                       "spread over MAdds) at every proxy budget of the study file's calibration "
+                       "ladder (epochs x training images) and at its reference budget, into the "
+                       "sibling study X.calibrate; report each budget's Kendall tau with the "
+                       "reference beside the tau of MAdds and params alone, its training seconds, "
+                       "and the cheapest budget that ranks well. Re-running resumes.")
+    p.add_argument("--archs", type=int, metavar="K",
+                   help="architectures to train (default: the study file's calibration.archs, 10)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_calibrate)
 
     p = _study_parser(sub, "baselines", help="train width/depth/compound/experts baselines of a study",
                        description="Train the study's base network, CondConv off, scaled by "

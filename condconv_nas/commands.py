@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from .config import StudyConfig
     from .results import StudyResults
 
-__all__ = ["UsageError", "cmd_baselines", "cmd_confirm", "cmd_cost", "cmd_export", "cmd_fidelity",
-           "cmd_presets", "cmd_report", "cmd_search", "cmd_studies", "cmd_train", "cmd_worker"]
+__all__ = ["UsageError", "cmd_baselines", "cmd_calibrate", "cmd_confirm", "cmd_cost", "cmd_export",
+           "cmd_fidelity", "cmd_presets", "cmd_report", "cmd_search", "cmd_studies", "cmd_train",
+           "cmd_worker"]
 
 PROG = "condconv-nas"
 
@@ -170,7 +171,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                          storage=args.storage)
     return _run_interruptible(lambda: join_study(cfg, print_fn=lambda s: print(s, flush=True),
                                                  baseline=args.baselines,
-                                                 confirm=args.confirm))
+                                                 confirm=args.confirm,
+                                                 calibrate=args.calibrate))
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
@@ -186,6 +188,58 @@ def cmd_confirm(args: argparse.Namespace) -> int:
             raise UsageError(f"--seeds: must be >= 2 (a mean needs its spread), got {args.seeds}")
         cfg = dataclasses.replace(cfg, confirm_seeds=args.seeds)
     return _run_interruptible(lambda: run_confirm(cfg, print_fn=lambda s: print(s, flush=True)))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Train the calibration ladder into X.calibrate and recommend the cheapest faithful proxy."""
+    from .calibration import study_lines
+    from .study import load_study_config, run_calibrate, with_overrides
+
+    _positive(args, "workers")
+    if args.archs is not None and args.archs < 4:
+        raise UsageError(f"--archs: must be >= 4 (a rank correlation needs them), got {args.archs}")
+    cfg = with_overrides(load_study_config(args.study), workers=args.workers, storage=args.storage)
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else \
+            (lambda s: print(s, flush=True))
+        out.update(run_calibrate(cfg, args.archs, print_fn=say))
+
+    code = _run_interruptible(run)
+    if code:
+        return code
+    if args.json:  # NaN (too few architectures for a tau) is not JSON: null
+        print(json.dumps(_json_safe(out)))
+        return 0
+    ref = out["reference"]
+    print(f"\nKendall tau with the reference ({ref['epochs']} epochs x "
+          f"{ref['train_images'] or 'all'} images, {ref['archs']} architectures, "
+          f"{ref['seconds_per_arch']:.1f} s each):")
+    print(f"  {'budget':<18} {'archs':>5} {'tau':>6} {'p':>8} {'MAdds':>6} {'params':>6} "
+          f"{'s/arch':>8}")
+    for b in out["budgets"]:
+        print(f"  {b['label']:<18} {b['archs']:>5} {b['tau']:>6.2f} {b['p_value']:>8.3g} "
+              f"{b['tau_madds']:>6.2f} {b['tau_params']:>6.2f} {b['seconds_per_arch']:>8.1f}")
+    rec = out["recommended"]
+    if rec is None:
+        print(f"no budget reaches tau {out['min_tau']} and beats MAdds alone: search at the "
+              "reference budget, or add longer budgets to calibration.epochs/train_images")
+    else:
+        print(f"recommended: {rec['label']} (tau {rec['tau']:.2f}, "
+              f"{rec['seconds_per_arch']:.1f} s an architecture); in {args.study}:")
+        for line in study_lines(rec, out["train_size"]):
+            print(f"  {line}")
+    return 0
+
+
+def _json_safe(value: Any) -> Any:
+    """The value with every NaN float replaced by None."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:

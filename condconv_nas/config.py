@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .baselines import FAMILIES
+from .calibration import Calibration
 from .errors import UserError
+from .multifidelity import MultiFidelity
 from .recipe import Recipe, RecipeError
 from .space import SearchSpace, load_space, parse_count, read_yaml
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 __all__ = ["HEARTBEAT", "SAMPLERS", "BaselineSettings", "PrunerConfig", "StudyConfig", "StudyError",
-           "baseline_study_config", "confirm_study_config", "control_study_config",
+           "baseline_study_config", "calibrate_study_config", "confirm_study_config", "control_study_config",
            "load_study_config", "load_study_data", "manifest", "preprocess_of", "result_settings",
            "settings_differ", "with_overrides"]
 
@@ -30,7 +32,7 @@ SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a trial is stale
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
          "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
-         "artifacts", "heartbeat", "confirm"}
+         "artifacts", "heartbeat", "confirm", "multifidelity", "calibration"}
 
 
 class StudyError(UserError):
@@ -77,6 +79,8 @@ class StudyConfig:
     artifacts: str = ""  # folder of the trained weights of front trials (Optuna artifacts)
     heartbeat: tuple[int, int] = HEARTBEAT  # database storages: beat interval, grace (seconds)
     confirm_seeds: int = 3  # fresh seeds per front architecture in `confirm`
+    multifidelity: MultiFidelity | None = None  # successive halving over epochs (MO-ASHA)
+    calibration: Calibration = Calibration()
     path: str = ""
 
 
@@ -152,6 +156,17 @@ def load_study_config(path: str | Path) -> StudyConfig:
                               warmup_epochs=_int(src, "pruner.warmup_epochs",
                                                  p.get("warmup_epochs", 1), 0))
     baselines = _baseline_settings(src, data.get("baselines"))
+    multifidelity = _multifidelity(src, data.get("multifidelity"))
+    if multifidelity is not None:
+        if pruner is not None:
+            raise StudyError(f"{src}: pruner: cannot be combined with multifidelity (successive "
+                             "halving decides which runs go on); remove one of them")
+        if "epochs" in recipe_data and recipe.epochs != multifidelity.max_epochs:
+            raise StudyError(f"{src}: recipe.epochs: must equal multifidelity.max_epochs "
+                             f"({multifidelity.max_epochs}, the top rung that baselines and "
+                             f"confirmation train at), got {recipe.epochs}")
+        recipe = dataclasses.replace(recipe, epochs=multifidelity.max_epochs)
+    calibration = _calibration(src, data.get("calibration"))
     storage = data.get("storage")
     if storage is not None and not isinstance(storage, str):
         raise StudyError(f"{src}: storage: must be a URL or a file path, got {storage!r}")
@@ -199,7 +214,69 @@ def load_study_config(path: str | Path) -> StudyConfig:
         train_limit=(None if data.get("train_limit") is None
                      else _int(src, "train_limit", data["train_limit"], 1)),
         pruner=pruner, baselines=baselines, artifacts=artifacts, heartbeat=heartbeat,
-        confirm_seeds=confirm_seeds, path=src)
+        confirm_seeds=confirm_seeds, multifidelity=multifidelity, calibration=calibration,
+        path=src)
+
+
+def _multifidelity(src: str, data: Any) -> MultiFidelity | None:
+    if data is None:
+        return None
+    keys = {"min_epochs", "max_epochs", "eta"}
+    if not isinstance(data, dict) or set(data) - keys or "max_epochs" not in data:
+        raise StudyError(f"{src}: multifidelity: must be a mapping with max_epochs and optional "
+                         "min_epochs and eta, e.g. {min_epochs: 1, max_epochs: 9, eta: 3}")
+    low = _int(src, "multifidelity.min_epochs", data.get("min_epochs", 1), 1)
+    high = _int(src, "multifidelity.max_epochs", data["max_epochs"], 1)
+    eta = _int(src, "multifidelity.eta", data.get("eta", 3), 2)
+    if high <= low:
+        raise StudyError(f"{src}: multifidelity.max_epochs: must exceed min_epochs ({low}) for "
+                         f"two rungs or more, got {high}")
+    return MultiFidelity(min_epochs=low, max_epochs=high, eta=eta)
+
+
+def _images(src: str, key: str, value: Any) -> int | None:
+    if value == "all":
+        return None
+    return _int(src, key, value, 1)
+
+
+def _calibration(src: str, data: Any) -> Calibration:
+    if data is None:
+        return Calibration()
+    keys = {"epochs", "train_images", "reference", "min_tau", "archs"}
+    if not isinstance(data, dict) or set(data) - keys:
+        raise StudyError(f"{src}: calibration: must be a mapping with keys {', '.join(sorted(keys))}")
+    default = Calibration()
+    out = {}
+    for key, parse in (("epochs", lambda k, v: _int(src, k, v, 1)),
+                       ("train_images", lambda k, v: _images(src, k, v))):
+        values = data.get(key, list(getattr(default, key)))
+        if not isinstance(values, list) or not values:
+            raise StudyError(f"{src}: calibration.{key}: must be a non-empty list, got {values!r}")
+        out[key] = tuple(dict.fromkeys(parse(f"calibration.{key}", v) for v in values))
+    ref = data.get("reference", {})
+    if not isinstance(ref, dict) or set(ref) - {"epochs", "train_images"}:
+        raise StudyError(f"{src}: calibration.reference: must be a mapping with epochs and "
+                         "train_images (the long run the ladder is judged against)")
+    reference = (_int(src, "calibration.reference.epochs", ref.get("epochs", default.reference[0]), 1),
+                 _images(src, "calibration.reference.train_images", ref.get("train_images", "all")))
+    for e in out["epochs"]:
+        if e > reference[0]:
+            raise StudyError(f"{src}: calibration.epochs: {e} exceeds the reference's "
+                             f"{reference[0]} epochs; the reference must be the longest run")
+    for n in out["train_images"]:
+        if reference[1] is not None and (n is None or n > reference[1]):
+            raise StudyError(f"{src}: calibration.train_images: {n or 'all'} exceeds the "
+                             f"reference's {reference[1]}; the reference must be the largest")
+    min_tau = data.get("min_tau", default.min_tau)
+    if isinstance(min_tau, bool) or not isinstance(min_tau, (int, float)) or not 0 < min_tau <= 1:
+        raise StudyError(f"{src}: calibration.min_tau: must be a number in (0, 1], got {min_tau!r}")
+    archs = _int(src, "calibration.archs", data.get("archs", default.archs), 4)
+    cal = Calibration(epochs=out["epochs"], train_images=out["train_images"], reference=reference,
+                      min_tau=float(min_tau), archs=archs)
+    if not cal.ladder():
+        raise StudyError(f"{src}: calibration: the ladder has no budget below the reference")
+    return cal
 
 
 def _baseline_settings(src: str, data: Any) -> BaselineSettings:
@@ -238,6 +315,18 @@ def confirm_study_config(cfg: StudyConfig) -> StudyConfig:
     return dataclasses.replace(cfg, name=f"{cfg.name}.confirm", pruner=None, sampler="random")
 
 
+def calibrate_study_config(cfg: StudyConfig) -> StudyConfig:
+    """The sibling study `X.calibrate`: the proxy-budget ladder, on every training image.
+
+    Each run carries its own epochs and image count; the reference budget's epochs stand in
+    the stored recipe, so adopting a recommended budget does not invalidate the calibration.
+    """
+    return dataclasses.replace(cfg, name=f"{cfg.name}.calibrate", pruner=None, sampler="random",
+                               train_limit=None, multifidelity=None,
+                               recipe=dataclasses.replace(cfg.recipe,
+                                                          epochs=cfg.calibration.reference[0]))
+
+
 def control_study_config(cfg: StudyConfig) -> StudyConfig:
     """The sibling study `X.random`: the same search with the random sampler, the control."""
     return dataclasses.replace(cfg, name=f"{cfg.name}.random", sampler="random")
@@ -254,6 +343,7 @@ def result_settings(cfg: StudyConfig) -> dict[str, Any]:
         "dataset": cfg.dataset, "data_dir": cfg.data_dir, "val_size": cfg.val_size,
         "train_limit": cfg.train_limit, "recipe": dataclasses.asdict(cfg.recipe),
         "seed": cfg.seed, "budget_madds": cfg.budget_madds,
+        "multifidelity": dataclasses.asdict(cfg.multifidelity) if cfg.multifidelity else None,
         "space": {"base": space.base.to_dict(), "budget_madds": space.budget_madds,
                   "stages": [dataclasses.asdict(c) for c in space.stages],
                   "resolution": space.resolution}}))
@@ -279,4 +369,7 @@ def manifest(cfg: StudyConfig) -> dict[str, Any]:
             "split_seed": cfg.seed, "seed": cfg.seed, "sampler": cfg.sampler,
             "budget_madds": cfg.budget_madds, "recipe": dataclasses.asdict(cfg.recipe),
             "trials": cfg.trials, "pruner": dataclasses.asdict(cfg.pruner) if cfg.pruner else None,
-            "baselines": dataclasses.asdict(cfg.baselines), "artifacts": cfg.artifacts}
+            "baselines": dataclasses.asdict(cfg.baselines), "artifacts": cfg.artifacts,
+            "multifidelity": ({**dataclasses.asdict(cfg.multifidelity),
+                               "rungs": list(cfg.multifidelity.rungs)}
+                              if cfg.multifidelity else None)}

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,11 +21,12 @@ from . import pareto
 from .record import BASELINE_FAMILIES, FAMILY_ORDER, RANDOM, SEARCH, SEARCH_FAMILIES
 from .results import StudyResults, experts_by_block
 
-__all__ = ["COLORS", "PLOT_CONFIG", "BaselineSeries", "ConfirmedSeries", "Curve", "EdfInfo",
-           "HypervolumeInfo", "ImportanceInfo", "ParetoInfo", "PlacementInfo", "TrialSeries",
-           "build_figures", "confirmed_info", "edf_info", "edf_plot", "hypervolume_info",
-           "hypervolume_plot", "importance_info", "importance_plot", "pareto_info", "pareto_plot",
-           "placement_info", "placement_plot"]
+__all__ = ["BaselineSeries", "COLORS", "CalibrationInfo", "ConfirmedSeries", "Curve", "EdfInfo",
+           "HypervolumeInfo", "ImportanceInfo", "PLOT_CONFIG", "ParetoInfo", "PlacementInfo",
+           "TrialSeries", "build_figures", "calibration_info", "calibration_plot",
+           "confirmed_info", "edf_info", "edf_plot", "hypervolume_info", "hypervolume_plot",
+           "importance_info", "importance_plot", "pareto_info", "pareto_plot", "placement_info",
+           "placement_plot"]
 
 # One colour per family, keyed in FAMILY_ORDER: the order of every legend, table and figure.
 COLORS = dict(zip(FAMILY_ORDER, ("#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e")))
@@ -304,6 +307,55 @@ def edf_plot(info: EdfInfo) -> go.Figure:
     return fig
 
 
+@dataclass(frozen=True)
+class CalibrationInfo:
+    """Each ladder budget's training seconds an architecture and Kendall tau with the reference."""
+
+    labels: tuple[str, ...]
+    seconds: tuple[float, ...]
+    tau: tuple[float, ...]
+    tau_madds: float  # on the architectures of the most complete budget
+    tau_params: float
+    min_tau: float
+    recommended: str | None
+
+
+def calibration_info(summary: Mapping[str, Any]) -> CalibrationInfo:
+    """The calibration summary's budgets that have a tau, for the tau-against-cost figure."""
+    budgets = [b for b in summary["budgets"] if b["tau"] == b["tau"]]
+    widest = max(budgets, key=lambda b: b["archs"], default={})
+    rec = summary.get("recommended")
+    return CalibrationInfo(tuple(b["label"] for b in budgets),
+                           tuple(float(b["seconds_per_arch"]) for b in budgets),
+                           tuple(float(b["tau"]) for b in budgets),
+                           float(widest.get("tau_madds", math.nan)),
+                           float(widest.get("tau_params", math.nan)),
+                           float(summary["min_tau"]), rec["label"] if rec else None)
+
+
+def calibration_plot(info: CalibrationInfo) -> go.Figure:
+    """Kendall tau with the reference against training seconds an architecture, per budget."""
+    fig = go.Figure()
+    colors = ["#d62728" if label == info.recommended else "#1f77b4" for label in info.labels]
+    fig.add_trace(go.Scatter(x=list(info.seconds), y=list(info.tau), mode="markers+text",
+                             text=list(info.labels), textposition="top center",
+                             marker={"size": 10, "color": colors}, name="proxy budget",
+                             hovertemplate="%{text}<br>%{x:.1f} s an architecture"
+                                           "<br>tau %{y:.2f}<extra></extra>"))
+    for y, text, dash in ((info.min_tau, f"tau wanted ({info.min_tau:g})", "dash"),
+                          (info.tau_madds, "MAdds alone", "dot"),
+                          (info.tau_params, "params alone", "dashdot")):
+        if y == y:
+            fig.add_hline(y=y, line={"color": "#7f7f7f", "dash": dash, "width": 1},
+                          annotation_text=text, annotation_position="bottom right")
+    fig.update_layout(title="Proxy budgets: rank agreement with the reference against cost"
+                      + (f" (recommended: {info.recommended})" if info.recommended else ""),
+                      xaxis={"title": "training seconds an architecture", "type": "log"},
+                      yaxis={"title": "Kendall tau with the reference", "range": [-1.05, 1.1]},
+                      height=420, showlegend=False)
+    return fig
+
+
 def build_figures(results: StudyResults, front_status: dict[str, list[dict]] | None = None
                   ) -> dict[str, go.Figure]:
     """Every figure of the report, keyed by section id (placement/importance only when they exist).
@@ -319,4 +371,6 @@ def build_figures(results: StudyResults, front_status: dict[str, list[dict]] | N
     if results.importances:
         figs["importance"] = importance_plot(importance_info(results.importances))
     figs["edf"] = edf_plot(edf_info(done))
+    if results.calibration and any(b["tau"] == b["tau"] for b in results.calibration["budgets"]):
+        figs["calibration"] = calibration_plot(calibration_info(results.calibration))
     return figs

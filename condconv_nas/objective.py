@@ -44,15 +44,16 @@ def _versions() -> dict[str, str]:
             "python": sys.version.split()[0]}
 
 
-def feasible_done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials of the study that were trained (within the MAdds budget)."""
+def feasible_done(study: optuna.Study, rung: int | None = None) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials of the study that were trained (within the MAdds budget), at `rung` if set."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not TrialRecord.of(t.user_attrs).infeasible]
+            if not (r := TrialRecord.of(t.user_attrs)).infeasible and rung in (None, r.rung)]
 
 
-def front_size(study: optuna.Study) -> int:
-    """Points on the study's front, counting each trained architecture once."""
-    done = [t for t in feasible_done(study) if TrialRecord.of(t.user_attrs).reused_from is None]
+def front_size(study: optuna.Study, rung: int | None = None) -> int:
+    """Points on the study's front (at `rung` if set), counting each trained architecture once."""
+    done = [t for t in feasible_done(study, rung)
+            if TrialRecord.of(t.user_attrs).reused_from is None]
     return len(pareto_front([(t.values[0], t.values[1]) for t in done]))
 
 
@@ -74,8 +75,8 @@ class Objective:
         from .train import fit
 
         cfg, data = self.cfg, self.data
+        queued = TrialRecord.of(trial.user_attrs)
         if self.baseline:
-            queued = TrialRecord.of(trial.user_attrs)
             if queued.baseline_spec is None:
                 raise RuntimeError("a baseline trial without its spec (queued by an older run?)")
             spec, seed = ArchSpec.from_dict(queued.baseline_spec), queued.seed
@@ -86,25 +87,35 @@ class Objective:
                               data.num_classes)
         cost = count_cost(spec)
         key = arch_key(spec)
+        # The training budget: a multi-fidelity rung's epochs, a calibration run's, or the recipe's.
+        mf = cfg.multifidelity if not self.baseline else None
+        epochs = mf.rungs[queued.rung] if mf else queued.epochs or cfg.recipe.epochs
+        images = queued.train_images
         # Each attribute is one synced storage write: keep the list short (the convention and
         # the worker are stored once per study and at claim time).
         write_record(trial, spec=spec.to_dict(), arch_key=key, madds=cost.madds,
-                     params=cost.params, device=str(self.device), versions=self.versions)
+                     params=cost.params, device=str(self.device), versions=self.versions,
+                     **({"rung": queued.rung, "epochs": epochs} if mf else {}))
         if not self.baseline:  # baselines span the range as given; the budget binds the search
             trial.set_constraint("madds_over_budget", float(cost.madds - cfg.budget_madds))
             if cost.madds > cfg.budget_madds:  # constrained out before any training
                 write_record(trial, infeasible=True)
                 return 0.0, float(cost.madds)
-        for done in feasible_done(study):
+        for done in feasible_done(study, queued.rung):
             record = TrialRecord.of(done.user_attrs)
-            if record.arch_key == key and record.seed == seed:
+            if (record.arch_key == key and record.seed == seed
+                    and (record.epochs, record.train_images) == (queued.epochs if not mf else epochs,
+                                                                 images)):
                 reused = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs}
                 write_record(trial, **reused, reused_from=done.number)
                 return float(done.values[0]), float(cost.madds)
+        if images is not None:  # the first n training images: what train_limit n would load
+            data = dataclasses.replace(data, train=type(data.train)(data.train.images[:images],
+                                                                    data.train.labels[:images]))
         run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
         # Seed index i: init seed and recipe seed both moved by i; index 0 is the search's own.
         torch.manual_seed(cfg.seed + seed)
-        recipe = dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + seed) if seed else cfg.recipe
+        recipe = dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + seed, epochs=epochs)
         model = build_model(spec)
         curve: list[dict] = []
 
@@ -119,7 +130,9 @@ class Objective:
                      images_per_s=result.images_per_s, epochs_run=result.epochs_run)
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
-        if not self.baseline and _on_front(study, result.val_acc, cost.madds):
+        top = mf.top if mf else None
+        if not self.baseline and queued.rung == (top or 0) and _on_front(study, result.val_acc,
+                                                                       cost.madds, top):
             self._keep_weights(trial, model)
         return result.val_acc, float(cost.madds)
 
@@ -142,9 +155,9 @@ class Objective:
         write_record(trial, weights_artifact=artifact)
 
 
-def _on_front(study: optuna.Study, acc: float, madds: int) -> bool:
-    """Whether (acc, madds) is not dominated by a finished feasible trial of the study."""
-    points = [(t.values[0], t.values[1]) for t in feasible_done(study)]
+def _on_front(study: optuna.Study, acc: float, madds: int, rung: int | None = None) -> bool:
+    """Whether (acc, madds) is not dominated by a finished feasible trial of the study (at `rung`)."""
+    points = [(t.values[0], t.values[1]) for t in feasible_done(study, rung)]
     return len(points) in pareto_front([*points, (acc, madds)])
 
 

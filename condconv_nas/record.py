@@ -59,6 +59,12 @@ class TrialRecord:
     multiplier: float | None = None
     seed: int = 0                            # seed index: 0 is the search's own seed
     baseline_label: str = ""
+    # The training budget when it is not the recipe's: a multi-fidelity rung (0: the bottom),
+    # the trial promoted to it, and a calibration run's epochs and training images (None: all).
+    rung: int = 0
+    promoted_from: int | None = None
+    epochs: int | None = None
+    train_images: int | None = None
 
     @classmethod
     def of(cls, attrs: Mapping[str, Any]) -> TrialRecord:
@@ -72,7 +78,8 @@ class TrialRecord:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
 # A queued trial's instructions, carried over when a dead attempt is queued again.
-QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label", "confirm_of")
+QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label", "confirm_of",
+                "rung", "promoted_from", "epochs", "train_images")
 # Training results, copied from an identical earlier trial when its result is reused.
 RESULT_FIELDS = ("curve", "seconds", "images_per_s", "epochs_run")
 

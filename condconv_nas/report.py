@@ -12,13 +12,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from . import pareto
 from .claims import study_headline
 from .errors import UserError
-from .figures import PLOT_CONFIG, build_figures
+from .figures import FAMILY_LABELS, PLOT_CONFIG, build_figures
 from .record import RANDOM, SEARCH, SEARCH_FAMILIES
 from .results import StudyResults
 
@@ -61,7 +62,13 @@ def _fmt(value: Any, kind: str = "") -> str:
         return f"{100 * value:.1f}%"
     if kind == "madds":
         return f"{value / 1e6:.2f}M"
-    if isinstance(value, float):
+    if kind in ("tau", "s"):
+        return f"{value:.2f}" + (" s" if kind == "s" else "")
+    if kind == "p":
+        return f"{value:.3g}"
+    if kind == "acc":
+        return f"{value:.4f}"
+    if isinstance(value, (float, np.floating)):
         return f"{value:.4f}"
     return html.escape(str(value))
 
@@ -114,6 +121,47 @@ def headline_json(results: StudyResults, head: dict) -> dict[str, Any]:
             "control": head["sources"].get(RANDOM, {}), "front": head["front"],
             "fidelity": {k: fid.get(k) for k in ("tau", "p_value", "n", "epochs", "verdict",
                                                  "tau_madds", "tau_params")} if fid else None}
+
+
+def _rungs(results: StudyResults) -> str:
+    """Multi-fidelity searches: runs per rung, so every rung's results stay visible."""
+    rungs = results.rungs
+    if rungs.empty:
+        return ""
+    rows = "".join(
+        f"<tr><td class=l>{html.escape(FAMILY_LABELS.get(r.family, r.family))}</td><td>{r.rung}</td>"
+        f"<td>{_fmt(r.epochs)}</td><td>{r.runs}</td><td>{r.finished}</td>"
+        f"<td>{_fmt(r.best_acc, 'acc')}</td></tr>" for r in rungs.itertuples())
+    return ("<h2 id=rungs>Multi-fidelity rungs</h2><table class=sortable><thead><tr>"
+            "<th class=l>family</th><th>rung</th><th>epochs</th><th>runs</th><th>finished</th>"
+            f"<th>best val acc</th></tr></thead><tbody>{rows}</tbody></table>"
+            "<p class=muted>Successive halving over epochs: an architecture is retrained at the "
+            "next rung when it ranks in the top 1/eta of its rung (non-dominated sorting on "
+            "accuracy and MAdds, crowding distance within a front). Fronts, claims, confirmation "
+            "and export use the top rung only; every rung's runs are in the trials table.</p>")
+
+
+def _calibration(summary: dict | None) -> str:
+    """The calibration table under its figure."""
+    if not summary:
+        return ""
+    rec = (summary.get("recommended") or {}).get("label")
+    rows = "".join(
+        f"<tr><td class=l>{html.escape(b['label'])}{' (recommended)' if b['label'] == rec else ''}"
+        f"</td><td>{b['archs']}</td><td>{_fmt(b['tau'], 'tau')}</td><td>{_fmt(b['p_value'], 'p')}"
+        f"</td><td>{_fmt(b['tau_madds'], 'tau')}</td><td>{_fmt(b['tau_params'], 'tau')}</td>"
+        f"<td>{_fmt(b['seconds_per_arch'], 's')}</td></tr>" for b in summary["budgets"])
+    ref = summary["reference"]
+    verdict = (f"The cheapest budget whose τ reaches {summary['min_tau']:g} and beats MAdds "
+               f"alone is <b>{html.escape(rec)}</b>." if rec else
+               f"No budget reaches τ {summary['min_tau']:g} and beats MAdds alone: search at the "
+               "reference budget, or calibrate longer budgets.")
+    return ("<table class=sortable><thead><tr><th class=l>budget</th><th>architectures</th>"
+            "<th>τ</th><th>p</th><th>τ MAdds</th><th>τ params</th><th>s / arch</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table><p class=muted>Kendall τ of each budget's "
+            f"validation accuracies with those of the reference ({ref['epochs']} epochs x "
+            f"{ref['train_images'] or 'all'} images, {_fmt(ref['seconds_per_arch'], 's')} an "
+            f"architecture) over the same architectures. {verdict}</p>")
 
 
 def _trial_table(trials: pd.DataFrame) -> str:
@@ -175,11 +223,12 @@ def render_html(results: StudyResults, figures: dict[str, go.Figure], head: dict
                     f"{html.escape(str(fid.get('verdict', '')))}</p>")
     sections = {"pareto": "Accuracy against MAdds", "hypervolume": "Search progress",
                 "placement": "Where CondConv went", "importance": "What mattered",
-                "edf": "Error distributions"}
+                "edf": "Error distributions", "calibration": "Proxy calibration"}
+    extra = {"calibration": _calibration(results.calibration)}
     body = []
     for key, fig in figures.items():
         div = fig.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG, div_id=f"fig-{key}")
-        body.append(f"<h2 id={key}>{sections.get(key, key)}</h2>{div}")
+        body.append(f"<h2 id={key}>{sections.get(key, key)}</h2>{div}{extra.get(key, '')}")
     manifest = json.dumps(results.manifest, indent=2, sort_keys=True, default=str)
     title = f"condconv-nas report: {html.escape(results.name)}"
     return f"""<!DOCTYPE html>
@@ -209,6 +258,7 @@ or below 5%. MAdds saved is descriptive, not tested.</p>
 accuracy of all trials (log-MAdds and accuracy scaled to [0, 1]). The slope is that of log error
 against log MAdds over the family's points (the search: its front).</p>
 {fidelity}
+{_rungs(results)}
 {''.join(body)}
 <h2 id=trials-table>All trials</h2>
 <p class=muted>{len(results.trials)} trials; click a column to sort.</p>

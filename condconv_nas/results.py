@@ -17,17 +17,19 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from .calibration import Calibration, summarise
 from .errors import UserError
 from .record import SEARCH_FAMILIES, TrialRecord
 from .spec import ArchSpec, SpecError
 from .storage import stale_numbers
 
-__all__ = ["StudyNotFoundError", "StudyResults", "architecture_summary", "experts_by_block", "load_results",
-           "trials_frame"]
+__all__ = ["StudyNotFoundError", "StudyResults", "architecture_summary", "calibration_of",
+           "experts_by_block", "load_results", "trials_frame"]
 
 COLUMNS = ["study", "family", "number", "state", "val_acc", "madds", "params", "multiplier",
            "seed", "label", "seconds", "images_per_s", "epochs_run", "feasible", "reused_from",
-           "worker", "fail_reason", "weights_artifact", "confirm_of", "arch", "spec"]
+           "worker", "fail_reason", "weights_artifact", "confirm_of", "rung", "epochs",
+           "train_images", "arch_key", "arch", "spec"]
 
 
 class StudyNotFoundError(UserError, LookupError):
@@ -46,6 +48,8 @@ class StudyResults:
     importances: dict[str, float] = field(default_factory=dict)
     fidelity: dict[str, Any] | None = None
     studies: list[str] = field(default_factory=list)
+    top_rung: int = 0  # multi-fidelity studies: only this rung's search runs are results
+    calibration: dict[str, Any] | None = None  # `calibration.summarise` of X.calibrate
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -54,7 +58,22 @@ class StudyResults:
         done = t[(t.state == "COMPLETE") & t.feasible & t.val_acc.notna()]
         # A search trial that reused an earlier identical architecture adds no evidence; a
         # baseline's shared anchor (the base net under each family) is that family's point.
-        return done[~(done.family.isin(SEARCH_FAMILIES) & done.reused_from.notna())]
+        # Runs at a lower multi-fidelity rung trained for fewer epochs than anything they would
+        # be compared with.
+        search = done.family.isin(SEARCH_FAMILIES)
+        return done[~(search & (done.reused_from.notna() | (done.rung != self.top_rung)))]
+
+    @property
+    def rungs(self) -> pd.DataFrame:
+        """Multi-fidelity search runs per (family, rung): epochs, runs, finished, best accuracy."""
+        t = self.trials[self.trials.family.isin(SEARCH_FAMILIES) & self.trials.feasible]
+        if t.empty or self.top_rung == 0:
+            return pd.DataFrame(columns=["family", "rung", "epochs", "runs", "finished", "best_acc"])
+        ok = t.state == "COMPLETE"
+        return (t.assign(ok=ok, acc=t.val_acc.where(ok))
+                .groupby(["family", "rung"], sort=True)
+                .agg(epochs=("epochs", "max"), runs=("number", "size"), finished=("ok", "sum"),
+                     best_acc=("acc", "max")).reset_index())
 
     @property
     def confirmed(self) -> pd.DataFrame:
@@ -111,26 +130,28 @@ def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame
             "seconds": r.seconds, "images_per_s": r.images_per_s, "epochs_run": r.epochs_run,
             "feasible": not r.infeasible, "reused_from": r.reused_from, "worker": r.worker,
             "fail_reason": r.fail_reason, "weights_artifact": r.weights_artifact,
-            "confirm_of": r.confirm_of,
+            "confirm_of": r.confirm_of, "rung": r.rung, "epochs": r.epochs,
+            "train_images": r.train_images, "arch_key": r.arch_key,
             "arch": architecture_summary(r.spec),
             "spec": json.dumps(r.spec, sort_keys=True) if r.spec else "",
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("val_acc", "madds", "params", "multiplier", "seconds", "images_per_s",
-                "reused_from", "confirm_of"):
+                "reused_from", "confirm_of", "epochs", "train_images"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["feasible"] = df["feasible"].astype(bool)
+    df["rung"] = df["rung"].astype(int)
     return df
 
 
-def _importances(study: optuna.Study) -> dict[str, float]:
+def _importances(study: optuna.Study, rung: int = 0) -> dict[str, float]:
     """Importance of each search parameter for val accuracy (Optuna's default evaluator).
 
-    Only trained, feasible trials count.
+    Only trained, feasible trials count (of a multi-fidelity search: its top rung's).
     """
     records = ((t, TrialRecord.of(t.user_attrs))
                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    keep = [t for t, r in records if not r.infeasible and r.reused_from is None]
+    keep = [t for t, r in records if not r.infeasible and r.reused_from is None and r.rung == rung]
     if len(keep) < 4:
         return {}
     # A copy in memory with only the trials that were trained: over-budget trials score 0 by
@@ -161,6 +182,7 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
     frames, manifest, studies = [], {}, []
     importances: dict[str, float] = {}
     fidelity = None
+    top_rung = 0
     search, control = SEARCH_FAMILIES
     confirmations = pd.DataFrame(columns=COLUMNS)
     if f"{name}.confirm" in names:
@@ -178,7 +200,8 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
             manifest = dict(study.user_attrs.get("config") or {})
             manifest["madds_convention"] = study.user_attrs.get("madds_convention", "")
             manifest["preprocess"] = study.user_attrs.get("preprocess")
-            importances = _importances(study)
+            top_rung = len((manifest.get("multifidelity") or {}).get("rungs") or [0]) - 1
+            importances = _importances(study, top_rung)
             fidelity = study.user_attrs.get("fidelity")
             first = next((r for r in (TrialRecord.of(t.user_attrs)
                                       for t in study.get_trials(deepcopy=False)) if r.versions),
@@ -188,7 +211,22 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
                 manifest["device"] = first.device
         elif family is None:
             manifest["baselines"] = study.user_attrs.get("config", {}).get("baselines")
+    calibration = None
+    if f"{name}.calibrate" in names:
+        studies.append(f"{name}.calibrate")
+        calibration = calibration_of(optuna.load_study(study_name=f"{name}.calibrate",
+                                                       storage=storage))
     trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     return StudyResults(name=name, storage=url, trials=trials, confirmations=confirmations,
-                        manifest=manifest,
-                        importances=importances, fidelity=fidelity, studies=studies)
+                        manifest=manifest, importances=importances, fidelity=fidelity,
+                        studies=studies, top_rung=top_rung, calibration=calibration)
+
+
+def calibration_of(study: optuna.Study) -> dict[str, Any] | None:
+    """The calibration summary of a study `X.calibrate` (None before its ladder is stored)."""
+    settings = study.user_attrs.get("calibration")
+    if settings is None:
+        return None
+    runs = trials_frame(study)
+    runs = runs[(runs.state == "COMPLETE") & runs.val_acc.notna()]
+    return summarise(runs, Calibration.from_dict(settings))

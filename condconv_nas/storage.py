@@ -153,14 +153,16 @@ def stale_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
 
 
 def budget_used(trials: list[optuna.trial.FrozenTrial]) -> int:
-    """Trials that use the study's budget: all but queued ones and dead attempts queued again."""
+    """Trials that use the study's budget: all but queued ones, dead attempts queued again and
+    multi-fidelity promotions (the budget counts architectures sampled at the bottom rung)."""
     stale = stale_numbers(trials)
-    return sum(t.state != TrialState.WAITING and t.number not in stale for t in trials)
+    return sum(counted(t, stale) for t in trials)
 
 
 def counted(t: optuna.trial.FrozenTrial, stale: set[int] | None = None) -> bool:
     """Whether one trial uses the budget (pass `stale_numbers(trials)` to see heartbeat retries)."""
-    if t.state == TrialState.WAITING or TrialRecord.of(t.user_attrs).stale:
+    record = TrialRecord.of(t.user_attrs)
+    if t.state == TrialState.WAITING or record.stale or record.rung > 0:
         return False
     return stale is None or t.number not in stale
 

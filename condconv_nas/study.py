@@ -23,6 +23,7 @@ from .config import (
     StudyConfig,
     StudyError,
     baseline_study_config,
+    calibrate_study_config,
     confirm_study_config,
     control_study_config,
     load_study_config,
@@ -36,11 +37,12 @@ from .cost import CONVENTION
 from .record import TrialRecord, record_attrs
 from .spec import ArchSpec
 from .storage import StorageError, budget_used, claim_lock, list_studies, open_storage, reap_stale
-from .workers import deferred_interrupt, resolve_workers, run_workers
+from .workers import deferred_interrupt, pending_promotion, resolve_workers, run_workers
 
 __all__ = ["PrunerConfig", "StorageError", "StudyConfig", "StudyError", "baseline_study_config",
            "control_study_config", "join_study", "list_studies", "load_study_config",
-           "open_storage", "run_baselines", "run_confirm", "run_search", "with_overrides"]
+           "open_storage", "run_baselines", "run_calibrate", "run_confirm", "run_search",
+           "with_overrides"]
 
 
 def open_study(cfg: StudyConfig, kind: str, parent: str = "") -> optuna.Study:
@@ -100,24 +102,29 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
         print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
     trials = study.get_trials(deepcopy=False)
     done = budget_used(trials)
-    if done >= cfg.trials:
+    if done >= cfg.trials and not pending_promotion(trials, cfg.multifidelity):
         print_fn(f"study {cfg.name} already has {done} of {cfg.trials} trials; nothing to do "
                  f"(raise --trials to go on)")
         return {"ran": 0}
+    mf = cfg.multifidelity
+    rungs = (f"; multi-fidelity rungs {'/'.join(map(str, mf.rungs))} epochs, eta {mf.eta}"
+             if mf else "")
     print_fn(f"study {cfg.name}: {done} of {cfg.trials} trials done; storage {cfg.storage}; "
-             f"{cfg.workers} worker(s); sampler {cfg.sampler}; budget {cfg.budget_madds:,} MAdds")
+             f"{cfg.workers} worker(s); sampler {cfg.sampler}; budget {cfg.budget_madds:,} MAdds"
+             + rungs)
     # A fresh study is reproducible (salt 0); a resumed one must not replay the first run's samples.
     return {"ran": run_workers(cfg, print_fn, baseline=False, salt=1009 * len(trials), data=data)}
 
 
 def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
-               baseline: bool = False, confirm: bool = False) -> dict:
+               baseline: bool = False, confirm: bool = False, calibrate: bool = False) -> dict:
     """Join a study that `search` (`baselines`, `confirm`) started, from any machine sharing its storage.
 
     The worker claims trials until the study's budget is used, and while other workers' trials
     run it stays to take over any whose worker dies (heartbeat on databases).
     """
-    sibling = confirm_study_config if confirm else baseline_study_config if baseline else None
+    sibling = (confirm_study_config if confirm else baseline_study_config if baseline
+               else calibrate_study_config if calibrate else None)
     queued = sibling is not None
     name = sibling(cfg).name if sibling else cfg.name
     cfg = resolve_workers(cfg)
@@ -125,10 +132,11 @@ def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        start = "confirm" if confirm else "baselines" if baseline else "search"
+        start = ("confirm" if confirm else "baselines" if baseline else "calibrate" if calibrate
+                 else "search")
         raise StudyError(f"{cfg.path}: study {name} is not in storage {cfg.storage}; start it "
                          f"with `condconv-nas {start}` first") from None
-    _check_settings(cfg, study, result_settings(cfg))
+    _check_settings(cfg, study, result_settings(sibling(cfg) if sibling else cfg))
     if sibling:
         trials = study.get_trials(deepcopy=False)
         cfg = dataclasses.replace(sibling(cfg), trials=budget_used(trials) + sum(
@@ -238,3 +246,92 @@ def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> di
         print_fn("nothing to do (every front architecture is confirmed)")
         return {"ran": 0}
     return {"ran": run_workers(ccfg, print_fn, baseline=True, data=data)}
+
+
+def calibration_archs(cfg: StudyConfig, adapt: Callable[[ArchSpec], ArchSpec], k: int
+                      ) -> list[tuple[str, ArchSpec]]:
+    """k distinct architectures spread over log-MAdds: half space samples, half baseline points.
+
+    Samples come from a seeded random sampler (the same on every run, so a resumed calibration
+    trains the same architectures), within the study's MAdds budget.
+    """
+    from .calibration import spread
+    from .cost import count_cost
+    from .objective import arch_key
+
+    space = cfg.space
+    grid = baseline_grid(space, cfg.baselines.families, cfg.baselines.points, adapt=adapt,
+                         madds_range=search_range(space, adapt, cfg.budget_madds))
+    seen: set[str] = set()
+    samples: list[tuple[str, ArchSpec, int]] = []
+    sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    for i in range(40 * k):
+        if len(samples) >= 4 * k:
+            break
+        spec = adapt(space.sample(sampler.ask()))
+        madds, key = count_cost(spec).madds, arch_key(spec)
+        if madds <= cfg.budget_madds and key not in seen:
+            seen.add(key)
+            samples.append((f"sample {i}", spec, madds))
+    points = []
+    for p in grid:
+        key = arch_key(p.spec)
+        if key not in seen:
+            seen.add(key)
+            points.append((p.label, p.spec, count_cost(p.spec).madds))
+    half = min(len(samples), (k + 1) // 2)
+    picked = [samples[i] for i in spread([m for *_, m in samples], half)]
+    picked += [points[i] for i in spread([m for *_, m in points], k - len(picked))]
+    if len(picked) < k:  # too few baseline points: more samples
+        rest = [s for s in samples if s not in picked]
+        picked += [rest[i] for i in spread([m for *_, m in rest], k - len(picked))]
+    return [(label, spec) for label, spec, _ in sorted(picked, key=lambda x: x[2])]
+
+
+def run_calibrate(cfg: StudyConfig, archs: int | None = None,
+                  print_fn: Callable[[str], None] = print) -> dict:
+    """Train K architectures at every proxy budget of the ladder into `X.calibrate`; summarise.
+
+    Every run is a queued trial of the sibling study (resumable; `worker --calibrate` joins).
+    """
+    from .calibration import budget_label
+    from .results import calibration_of
+
+    cal = cfg.calibration if archs is None else dataclasses.replace(cfg.calibration, archs=archs)
+    ccfg = calibrate_study_config(resolve_workers(dataclasses.replace(cfg, calibration=cal)))
+    data = load_study_data(ccfg)  # every training image; a missing dataset stops us here
+    n_train = len(data.train)
+    for n in (*cal.train_images, cal.reference[1]):
+        if n is not None and n > n_train:
+            raise StudyError(f"{cfg.path}: calibration.train_images: {n} exceeds the {n_train} "
+                             f"training images of {cfg.dataset} (after the validation split); "
+                             "lower it or write all")
+    space = cfg.space
+
+    def adapt(spec: ArchSpec) -> ArchSpec:
+        return spec.for_input(data.in_channels, spec.input_size if space.resolution else data.size,
+                              data.num_classes)
+
+    picks = calibration_archs(cfg, adapt, cal.archs)
+    study = open_study(ccfg, "calibrate")
+    study.set_user_attr("calibration", cal.to_dict())
+    stale = reap_stale(study)
+    if stale:
+        print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
+    budgets = cal.budgets()
+    queued = _queue(study, ccfg.storage, [
+        {"baseline_spec": spec.to_dict(), "family": "calibration", "epochs": e,
+         "train_images": n, "baseline_label": f"{label} @ {budget_label((e, n))}"}
+        for label, spec in picks for e, n in budgets], range(1))
+    waiting = _waiting(study)
+    ccfg = dataclasses.replace(ccfg, trials=budget_used(study.get_trials(deepcopy=False)) + waiting)
+    print_fn(f"study {ccfg.name}: {len(picks)} architectures x {len(budgets)} budgets "
+             f"({', '.join(budget_label(b) for b in budgets)}; reference "
+             f"{budget_label(cal.reference)}); {queued} runs newly queued, {waiting} to run; "
+             f"storage {ccfg.storage}; {ccfg.workers} worker(s)")
+    if waiting:
+        run_workers(ccfg, print_fn, baseline=True, data=data)
+    summary = calibration_of(study)
+    assert summary is not None  # its settings were stored above
+    summary["train_size"] = n_train
+    return summary

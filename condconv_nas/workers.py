@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .config import StudyConfig, load_study_data, preprocess_of
+from .multifidelity import MultiFidelity, to_promote
 from .objective import Objective, front_size
 from .optuna_internals import frozen, record_heartbeat, set_trial_attrs, set_trial_state
 from .record import TrialRecord, record_attrs, write_record
@@ -39,7 +40,8 @@ from .storage import (
 if TYPE_CHECKING:
     from .data import Dataset
 
-__all__ = ["deferred_interrupt", "resolve_workers", "run_worker", "run_workers", "worker_envs"]
+__all__ = ["deferred_interrupt", "pending_promotion", "resolve_workers", "run_worker", "run_workers",
+           "worker_envs"]
 
 
 @contextlib.contextmanager
@@ -73,8 +75,13 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str,
             with deferred_interrupt(), claim_lock(cfg.storage):
                 reap_stale(study)
                 trials = study.get_trials(deepcopy=False)
-                waiting = any(t.state == TrialState.WAITING for t in trials)
-                if budget_used(trials) < cfg.trials and (waiting or not queued_only):
+                waiting = [t for t in trials if t.state == TrialState.WAITING]
+                if cfg.multifidelity and not queued_only and not waiting:
+                    # ASHA: a free worker first promotes what ranks in the top 1/eta of a rung.
+                    waiting = _promote(study, trials, cfg.multifidelity)
+                promotion = any(TrialRecord.of(t.user_attrs).rung > 0 for t in waiting)
+                if promotion or (budget_used(trials) < cfg.trials
+                                 and (waiting or not queued_only)):
                     trial = study.ask()
                     write_record(trial, worker=worker)  # lets others tell if its owner died
                     record_heartbeat(study, trial)
@@ -92,17 +99,69 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str,
         time.sleep(poll)
 
 
+def _promotions(trials: list[optuna.trial.FrozenTrial]
+                ) -> tuple[dict[int, list[tuple[int, float, float]]], dict[int, set[int]]]:
+    """Finished runs per rung (number, accuracy, MAdds) and the numbers promoted from each rung.
+
+    A promotion queued, running, finished or failed for a reason of its own counts as made; a
+    dead attempt does not (its retry, queued with the same rung, does).
+    """
+    stale = stale_numbers(trials)
+    results: dict[int, list[tuple[int, float, float]]] = {}
+    promoted: dict[int, set[int]] = {}
+    for t in trials:
+        r = TrialRecord.of(t.user_attrs)
+        if r.stale or t.number in stale:
+            continue
+        if r.rung > 0 and r.promoted_from is not None:
+            promoted.setdefault(r.rung - 1, set()).add(r.promoted_from)
+        if (t.state == TrialState.COMPLETE and t.values and not r.infeasible
+                and r.reused_from is None):
+            results.setdefault(r.rung, []).append((t.number, t.values[0], t.values[1]))
+    return results, promoted
+
+
+def pending_promotion(trials: list[optuna.trial.FrozenTrial], mf: MultiFidelity | None) -> bool:
+    """Whether a multi-fidelity study still has a promotion to queue or a queued run to train."""
+    if mf is None:
+        return False
+    return (any(t.state == TrialState.WAITING for t in trials)
+            or to_promote(*_promotions(trials), mf) is not None)
+
+
+def _promote(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], mf: MultiFidelity
+             ) -> list[optuna.trial.FrozenTrial]:
+    """Queue the next promotion, if any; returns the study's waiting trials afterwards."""
+    pick = to_promote(*_promotions(trials), mf)
+    if pick is None:
+        return []
+    number, rung = pick
+    source = next(t for t in trials if t.number == number)
+    study.enqueue_trial(source.params, skip_if_exists=False,
+                        user_attrs=record_attrs(rung=rung + 1, promoted_from=number))
+    return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
 def _over_budget(study: optuna.Study, trial: optuna.Trial, total: int) -> bool:
     """On a database, count-then-ask is not atomic across machines: recount after asking.
 
     The trials that use the budget, by number, are kept up to `total`; a later one gives itself
-    up (failed and stale: it never ran). Local storages hold the claim lock, so it never fires.
+    up (failed and stale: it never ran). A promotion that another machine queued too is kept
+    once, the lower number. Local storages hold the claim lock, so it never fires.
     """
     trials = study.get_trials(deepcopy=False)
     stale = stale_numbers(trials)
-    kept = sorted(t.number for t in trials if counted(t, stale))
-    if trial.number in kept[:total]:
-        return False
+    mine = TrialRecord.of(trial.user_attrs)
+    if mine.rung > 0:
+        twins = [t.number for t in trials if t.number not in stale
+                 and (r := TrialRecord.of(t.user_attrs)).rung == mine.rung and not r.stale
+                 and r.promoted_from == mine.promoted_from and t.state != TrialState.WAITING]
+        if min(twins, default=trial.number) == trial.number:
+            return False
+    else:
+        kept = sorted(t.number for t in trials if counted(t, stale))
+        if trial.number in kept[:total]:
+            return False
     set_trial_attrs(study, trial, record_attrs(stale=True, fail_reason="claimed past the budget"))
     set_trial_state(study, trial, TrialState.FAIL)
     return True
@@ -157,20 +216,25 @@ def run_worker(cfg: StudyConfig, index: int = 0, print_fn: Callable[[str], None]
                 study.tell(trial, state=state)
         finished += 1
         print_fn(_progress_line(study, frozen(study, trial), baseline, time.perf_counter() - t0,
-                                note))
+                                note, None if baseline else cfg.multifidelity))
     return finished
 
 
 def _progress_line(study: optuna.Study, t: optuna.trial.FrozenTrial, baseline: bool,
-                   seconds: float, note: str) -> str:
+                   seconds: float, note: str, mf: MultiFidelity | None = None) -> str:
     record = TrialRecord.of(t.user_attrs)
     acc = ("over budget" if record.infeasible else f"acc {t.values[0]:.4f}" if t.values else
            f"acc {record.final_acc():.4f}" if record.curve else "acc -")
     reused = f" (same as #{record.reused_from})" if record.reused_from is not None else ""
     if baseline:
         reused = f"  {record.baseline_label} seed {record.seed}" + reused
+    if mf:
+        reused = (f"  rung {record.rung} ({mf.rungs[record.rung]} ep"
+                  + (f", from #{record.promoted_from})" if record.promoted_from is not None
+                     else ")") + reused)
     return (f"trial {t.number:4d}  {(record.madds or 0) / 1e6:8.2f}M MAdds  {acc}  "
-            f"{t.state.name.lower()}{reused}  {seconds:6.1f}s  front {front_size(study)}"
+            f"{t.state.name.lower()}{reused}  {seconds:6.1f}s  "
+            f"front {front_size(study, mf.top if mf else None)}"
             + (f"  [{note[:120]}]" if note else ""))
 
 

@@ -38,7 +38,7 @@ def test_fidelity_end_to_end(tmp_path, capsys):
     path.write_text(yaml.safe_dump({
         "name": "t", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
         "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 5, "seed": 0,
-        "baselines": {"families": ["width"], "points": 2, "seeds": 1}}))
+        "train_limit": 600, "baselines": {"families": ["width"], "points": 2, "seeds": 1}}))
     cfg = load_study_config(path)
     run_search(cfg, print_fn=lambda s: None)
     run_baselines(cfg, print_fn=lambda s: None)

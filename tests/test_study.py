@@ -214,7 +214,7 @@ def test_split_once_tpe_samples_what_plain_tpe_samples():
 def test_baselines_are_tagged_seeded_shared_and_resumable(tmp_path):
     from condconv_nas.baselines import baseline_grid
 
-    path = write_study(tmp_path, recipe={"epochs": 1, "batch_size": 64, "lr": 0.2},
+    path = write_study(tmp_path, recipe={"epochs": 1, "batch_size": 64, "lr": 0.2}, train_limit=600,
                        baselines={"families": ["width", "experts"], "points": 1, "seeds": 2})
     cfg = load_study_config(path)
     lines: list[str] = []

@@ -1,0 +1,118 @@
+"""Proxy calibration: how long a proxy must train to rank architectures as a long run does.
+
+A ladder of proxy budgets (epochs x training images) and a reference budget at the top; each
+chosen architecture is trained at every budget, and each budget is scored by the Kendall tau of
+its accuracies with the reference's, beside the tau that MAdds alone and params alone reach on
+the same architectures. The recommended budget is the cheapest (training seconds an
+architecture) whose tau reaches `min_tau` and beats MAdds alone. Torch- and Optuna-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from .pareto import kendall_tau
+
+__all__ = ["Budget", "Calibration", "budget_label", "spread", "study_lines", "summarise"]
+
+Budget = tuple[int, int | None]  # (epochs, training images; None: every image)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The ladder of proxy budgets, the reference budget, and what a recommendation needs."""
+
+    epochs: tuple[int, ...] = (1, 2, 4, 8)
+    train_images: tuple[int | None, ...] = (4000, 16000, None)
+    reference: Budget = (16, None)
+    min_tau: float = 0.7
+    archs: int = 10
+
+    def ladder(self) -> list[Budget]:
+        """Every proxy budget below the reference, cheapest first (fewest image passes)."""
+        budgets = {(e, n) for e in self.epochs for n in self.train_images} - {self.reference}
+        return sorted(budgets, key=lambda b: (b[0] * (b[1] or math.inf), b[0]))
+
+    def budgets(self) -> list[Budget]:
+        """The ladder and the reference, the runs each architecture gets."""
+        return [*self.ladder(), self.reference]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings, as stored with the calibration study."""
+        return {"epochs": list(self.epochs), "train_images": list(self.train_images),
+                "reference": list(self.reference), "min_tau": self.min_tau, "archs": self.archs}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """The settings stored by `to_dict`."""
+        return cls(epochs=tuple(data["epochs"]), train_images=tuple(data["train_images"]),
+                   reference=(data["reference"][0], data["reference"][1]),
+                   min_tau=float(data["min_tau"]), archs=int(data["archs"]))
+
+
+def budget_label(budget: Budget) -> str:
+    """'4 ep x 16000' or '8 ep x all'."""
+    return f"{budget[0]} ep x {budget[1] if budget[1] is not None else 'all'}"
+
+
+def spread(madds: Sequence[float], k: int) -> list[int]:
+    """Indices of k items evenly spaced over log-MAdds (all of them when there are fewer)."""
+    order = sorted(range(len(madds)), key=lambda i: madds[i])
+    if len(order) <= k:
+        return order
+    if k == 1:
+        return [order[len(order) // 2]]
+    logs = [math.log(max(madds[i], 1.0)) for i in order]
+    picked: list[int] = []
+    for j in range(k):  # nearest unpicked item to each evenly spaced target
+        target = logs[0] + j * (logs[-1] - logs[0]) / (k - 1)
+        free = [p for p in range(len(order)) if order[p] not in picked]
+        picked.append(order[min(free, key=lambda p: (abs(logs[p] - target), p))])
+    return sorted(picked, key=lambda i: madds[i])
+
+
+def summarise(runs: pd.DataFrame, cal: Calibration) -> dict[str, Any]:
+    """Per ladder budget: tau with the reference (p), tau of MAdds and params, seconds an arch.
+
+    `runs` has one row per finished run: arch_key, epochs, train_images (NaN or None: all),
+    val_acc, seconds, madds, params. Each budget is scored on the architectures that finished
+    both it and the reference.
+    """
+    runs = runs.copy()
+    runs["train_images"] = pd.to_numeric(runs.train_images).fillna(0).astype(int)  # 0: all
+    ref = runs[(runs.epochs == cal.reference[0]) & (runs.train_images == (cal.reference[1] or 0))]
+    ref = ref.groupby("arch_key").agg(ref_acc=("val_acc", "mean"), madds=("madds", "first"),
+                                      params=("params", "first"), ref_seconds=("seconds", "mean"))
+    out = []
+    for e, n in cal.ladder():
+        mine = runs[(runs.epochs == e) & (runs.train_images == (n or 0))]
+        mine = mine.groupby("arch_key").agg(val_acc=("val_acc", "mean"), seconds=("seconds", "mean"))
+        both = mine.join(ref, how="inner")
+        tau, p = kendall_tau(both.val_acc.tolist(), both.ref_acc.tolist())
+        out.append({"epochs": e, "train_images": n, "label": budget_label((e, n)),
+                    "archs": len(both), "tau": tau, "p_value": p,
+                    "tau_madds": kendall_tau(both.madds.tolist(), both.ref_acc.tolist())[0],
+                    "tau_params": kendall_tau(both.params.tolist(), both.ref_acc.tolist())[0],
+                    "seconds_per_arch": float(mine.seconds.mean()) if len(mine) else math.nan})
+    good = [b for b in out if b["archs"] >= 4 and b["tau"] >= cal.min_tau
+            and (math.isnan(b["tau_madds"]) or b["tau"] > b["tau_madds"])]
+    recommended = min(good, key=lambda b: b["seconds_per_arch"]) if good else None
+    return {"budgets": out, "recommended": recommended, "min_tau": cal.min_tau,
+            "reference": {"epochs": cal.reference[0], "train_images": cal.reference[1],
+                          "archs": len(ref),
+                          "seconds_per_arch": float(ref.ref_seconds.mean()) if len(ref) else math.nan}}
+
+
+def study_lines(recommended: dict[str, Any] | None, train_size: int) -> list[str]:
+    """The study-file lines that set the recommended proxy budget."""
+    if recommended is None:
+        return []
+    n = recommended["train_images"]
+    limit = "train_limit: null    # every training image" if n is None or n >= train_size \
+        else f"train_limit: {n}"
+    return [limit, f"recipe: {{epochs: {recommended['epochs']}}}    # keep your other recipe keys"]
