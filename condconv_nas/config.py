@@ -250,7 +250,7 @@ def _calibration(src: str, data: Any) -> Calibration:
     out = {}
     for key, parse in (("epochs", lambda k, v: _int(src, k, v, 1)),
                        ("train_images", lambda k, v: _images(src, k, v))):
-        values = data.get(key, list(getattr(default, key)))
+        values = data.get(key, ["all" if v is None else v for v in getattr(default, key)])
         if not isinstance(values, list) or not values:
             raise StudyError(f"{src}: calibration.{key}: must be a non-empty list, got {values!r}")
         out[key] = tuple(dict.fromkeys(parse(f"calibration.{key}", v) for v in values))

@@ -264,6 +264,7 @@ def calibration_archs(cfg: StudyConfig, adapt: Callable[[ArchSpec], ArchSpec], k
                          madds_range=search_range(space, adapt, cfg.budget_madds))
     seen: set[str] = set()
     samples: list[tuple[str, ArchSpec, int]] = []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
     for i in range(40 * k):
         if len(samples) >= 4 * k:

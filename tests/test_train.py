@@ -119,6 +119,10 @@ def test_schedules_by_hand():
     assert cos(12) == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 15)))
     one = _lr_factor(Recipe(epochs=2, warmup_epochs=0.5, schedule="onecycle"), 10)
     assert one(5) == pytest.approx(1.0) and one(12) == pytest.approx(1 - 7 / 15)
+    # A 1-epoch run with the default 1-epoch warm-up: half warms up, half decays to zero.
+    short = _lr_factor(Recipe(epochs=1, warmup_epochs=1.0, schedule="onecycle"), 10)
+    assert short(4) == pytest.approx(5 / 6) and short(5) == pytest.approx(1.0)
+    assert short(9) == pytest.approx(1 - 4 / 5)
 
 
 @pytest.mark.parametrize("kw, field", [({"epochs": 0}, "epochs"), ({"lr": -1}, "lr"),
