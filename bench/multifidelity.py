@@ -1,0 +1,155 @@
+"""Does multi-fidelity search pay? Plain TPE, random and MO-ASHA search on one training budget.
+
+Each method runs with several sampler seeds on a real dataset (Fashion-MNIST by default). Plain
+TPE and random train every architecture for `max_epochs`; multi-fidelity search (rungs
+min_epochs x eta^k up to max_epochs) gets as many sampled architectures as fit the same
+expected epochs. For every run the hypervolume of its top-fidelity front (architectures trained
+for max_epochs; one shared reference point) is traced against the cumulative training seconds
+of all its runs, every rung included. Printed: each method's final hypervolume and total
+seconds (mean and spread over seeds), and the share of plain TPE's time multi-fidelity search
+needs to reach plain TPE's final hypervolume (goal: <= 0.5).
+
+Usage: python bench/multifidelity.py [--train-limit 2000] [--trials 8] [--seeds 3] [--jobs 2]
+Results: bench/results/multifidelity.json (and the runs' journal in bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results"
+
+
+def study_file(method: str, seed: int, args: argparse.Namespace) -> Path:
+    """The study file of one run: same space, data, recipe and seed for every method."""
+    mf_trials = math.ceil(args.trials * args.max_epochs / expected_epochs(args))
+    data = {"name": f"{method}-s{seed}", "space": str(ROOT / "search_spaces" / args.space),
+            "dataset": args.dataset, "train_limit": args.train_limit, "val_size": args.val_size,
+            "recipe": {"epochs": args.max_epochs}, "seed": seed, "workers": 1,
+            "storage": str(OUT / "multifidelity.journal"),
+            "artifacts": str(OUT / "multifidelity.artifacts"),
+            "sampler": "random" if method == "random" else "tpe",
+            "trials": mf_trials if method == "multifidelity" else args.trials}
+    if method == "multifidelity":
+        data["multifidelity"] = {"min_epochs": args.min_epochs, "max_epochs": args.max_epochs,
+                                 "eta": args.eta}
+    path = OUT / f"multifidelity-{method}-s{seed}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def expected_epochs(args: argparse.Namespace) -> float:
+    """Epochs one sampled architecture costs on average under successive halving."""
+    from condconv_nas.multifidelity import MultiFidelity
+
+    mf = MultiFidelity(args.min_epochs, args.max_epochs, args.eta)
+    return sum(e / args.eta ** k for k, e in enumerate(mf.rungs))
+
+
+def run_one(path: str) -> str:
+    """Run (or resume) one study; returns its name."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from condconv_nas.study import load_study_config, run_search
+
+    cfg = load_study_config(path)
+    run_search(cfg, print_fn=lambda line: print(f"[{cfg.name}] {line}", flush=True))
+    return cfg.name
+
+
+def trace(name: str) -> pd.DataFrame:
+    """Completed runs of one study in completion order: seconds, top-rung flag, acc, MAdds."""
+    import optuna
+
+    from condconv_nas.storage import open_storage
+
+    study = optuna.load_study(study_name=name, storage=open_storage(str(OUT / "multifidelity.journal")))
+    rungs = (study.user_attrs.get("config", {}).get("multifidelity") or {}).get("rungs") or [0]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        if t.state.name != "COMPLETE" or a.get("infeasible"):
+            continue
+        rows.append({"done": t.datetime_complete, "seconds": a.get("seconds") or 0.0,
+                     "top": a.get("rung", 0) == len(rungs) - 1 and "reused_from" not in a,
+                     "val_acc": t.values[0], "madds": t.values[1]})
+    df = pd.DataFrame(rows).sort_values("done").reset_index(drop=True)
+    df["elapsed"] = df.seconds.cumsum()
+    return df
+
+
+def main(argv: list[str] | None = None) -> int:
+    global OUT
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--space", default="fmnist_mbv2.yaml")
+    parser.add_argument("--train-limit", type=int, default=2000)
+    parser.add_argument("--val-size", type=int, default=1000)
+    parser.add_argument("--trials", type=int, default=8, help="plain searches' trials")
+    parser.add_argument("--min-epochs", type=int, default=1)
+    parser.add_argument("--max-epochs", type=int, default=9)
+    parser.add_argument("--eta", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
+    parser.add_argument("--out", default=str(OUT), help="folder of the journal and results")
+    args = parser.parse_args(argv)
+    OUT = Path(args.out).resolve()
+    OUT.mkdir(parents=True, exist_ok=True)
+    methods = ("tpe", "random", "multifidelity")
+    paths = [str(study_file(m, s, args)) for s in range(args.seeds) for m in methods]
+    from joblib import Parallel, delayed
+
+    Parallel(n_jobs=args.jobs, backend="loky")(delayed(run_one)(p) for p in paths)
+
+    from condconv_nas.pareto import hypervolume, normalisation
+
+    traces = {(m, s): trace(f"{m}-s{s}") for m in methods for s in range(args.seeds)}
+    norm = normalisation(*[t[t.top] for t in traces.values()])
+
+    def hv_curve(df: pd.DataFrame) -> list[tuple[float, float]]:
+        return [(float(df.elapsed[i]), hypervolume(df[:i + 1][df.top[:i + 1]], norm))
+                for i in range(len(df))]
+
+    curves = {k: hv_curve(df) for k, df in traces.items()}
+    table = {}
+    for m in methods:
+        finals = [curves[(m, s)][-1] for s in range(args.seeds)]
+        table[m] = {"seconds": [f[0] for f in finals], "hypervolume": [f[1] for f in finals],
+                    "top_rung_runs": [int(traces[(m, s)].top.sum()) for s in range(args.seeds)],
+                    "runs": [len(traces[(m, s)]) for s in range(args.seeds)]}
+    target = statistics.mean(table["tpe"]["hypervolume"])
+    tpe_time = statistics.mean(table["tpe"]["seconds"])
+    reach = []
+    for s in range(args.seeds):
+        hit = next((sec for sec, hv in curves[("multifidelity", s)] if hv >= target), math.nan)
+        reach.append(hit / tpe_time)
+    print(f"\n{args.dataset}, {args.train_limit} training images, rungs "
+          f"{args.min_epochs}..{args.max_epochs} (eta {args.eta}); {args.seeds} sampler seeds")
+    print(f"{'method':<14} {'runs':>9} {'top-rung':>9} {'train s (mean)':>15} "
+          f"{'hypervolume mean +- sd':>24}")
+    for m, row in table.items():
+        hv = row["hypervolume"]
+        sd = statistics.stdev(hv) if len(hv) > 1 else math.nan
+        print(f"{m:<14} {statistics.mean(row['runs']):>9.1f} {statistics.mean(row['top_rung_runs']):>9.1f} "
+              f"{statistics.mean(row['seconds']):>15.0f} {statistics.mean(hv):>14.3f} +- {sd:.3f}")
+    print("multi-fidelity time to plain TPE's final hypervolume, as a share of TPE's time: "
+          + ", ".join("never" if math.isnan(r) else f"{r:.2f}" for r in reach)
+          + " (goal <= 0.5)")
+    result = {"settings": vars(args), "table": table, "tpe_final_hypervolume": target,
+              "tpe_seconds": tpe_time, "multifidelity_share_to_reach": reach,
+              "curves": {f"{m}-s{s}": c for (m, s), c in curves.items()}}
+    (OUT / "multifidelity.json").write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
