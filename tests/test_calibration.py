@@ -171,3 +171,19 @@ def test_more_images_than_the_dataset_is_an_error_before_anything_is_stored(tmp_
 def test_too_few_archs_flag(tmp_path, capsys):
     assert main(["calibrate", str(_study(tmp_path)), "--archs", "2"]) == 2
     assert "--archs: must be >= 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_calibrate_on_databases(tmp_path, capsys, kind):
+    from tests.test_faults import _pg_url
+
+    url = f"sqlite:///{tmp_path / 'c.db'}" if kind == "sqlite" else _pg_url()
+    name = f"c{abs(hash(str(tmp_path))) % 10**8}"  # a fresh study on a shared server
+    path = _study(tmp_path, name=name, storage=url,
+                  calibration={"epochs": [1], "train_images": [100],
+                               "reference": {"epochs": 1, "train_images": 200}, "archs": 4})
+    assert main(["calibrate", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reference"]["archs"] == 4 and out["budgets"][0]["archs"] == 4
+    study = optuna.load_study(study_name=f"{name}.calibrate", storage=open_storage(url))
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 8
