@@ -70,7 +70,7 @@ class Objective:
         """Train the trial's architecture; returns (validation accuracy, MAdds)."""
         import torch
 
-        from .data import resize
+        from .data import Split, resize
         from .model import build_model
         from .train import fit
 
@@ -101,17 +101,17 @@ class Objective:
             if cost.madds > cfg.budget_madds:  # constrained out before any training
                 write_record(trial, infeasible=True)
                 return 0.0, float(cost.madds)
+        # The same architecture, seed and budget (as recorded: set only when not the recipe's).
+        budget = (epochs if mf else queued.epochs, images)
         for done in feasible_done(study, queued.rung):
             record = TrialRecord.of(done.user_attrs)
-            if (record.arch_key == key and record.seed == seed
-                    and (record.epochs, record.train_images) == (queued.epochs if not mf else epochs,
-                                                                 images)):
+            if (record.arch_key, record.seed, (record.epochs, record.train_images)) == (key, seed, budget):
                 reused = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs}
                 write_record(trial, **reused, reused_from=done.number)
                 return float(done.values[0]), float(cost.madds)
         if images is not None:  # the first n training images: what train_limit n would load
-            data = dataclasses.replace(data, train=type(data.train)(data.train.images[:images],
-                                                                    data.train.labels[:images]))
+            data = dataclasses.replace(data, train=Split(data.train.images[:images],
+                                                         data.train.labels[:images]))
         run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
         # Seed index i: init seed and recipe seed both moved by i; index 0 is the search's own.
         torch.manual_seed(cfg.seed + seed)
