@@ -13,6 +13,7 @@ import os
 import socket
 import zlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
@@ -38,6 +39,10 @@ from .record import TrialRecord, record_attrs
 from .spec import ArchSpec
 from .storage import StorageError, budget_used, claim_lock, list_studies, open_storage, reap_stale
 from .workers import deferred_interrupt, pending_promotion, resolve_workers, run_workers
+
+if TYPE_CHECKING:
+    from .data import Dataset
+    from .space import SearchSpace
 
 __all__ = ["PrunerConfig", "StorageError", "StudyConfig", "StudyError", "baseline_study_config",
            "control_study_config", "join_study", "list_studies", "load_study_config",
@@ -169,8 +174,28 @@ def _queue(study: optuna.Study, storage_url: str, points: list[dict], seeds: ran
     return queued
 
 
-def _waiting(study: optuna.Study) -> int:
-    return sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+def _queue_runs(study: optuna.Study, cfg: StudyConfig, points: list[dict], seeds: range,
+                print_fn: Callable[[str], None]) -> tuple[int, int, StudyConfig]:
+    """Requeue dead attempts, queue the points, and budget the sibling study to what it holds.
+
+    Returns (runs newly queued, runs waiting, `cfg` whose trials are those used plus waiting).
+    """
+    stale = reap_stale(study)
+    if stale:
+        print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
+    queued = _queue(study, cfg.storage, points, seeds)
+    trials = study.get_trials(deepcopy=False)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    return queued, waiting, dataclasses.replace(cfg, trials=budget_used(trials) + waiting)
+
+
+def _adapter(space: SearchSpace, data: Dataset) -> Callable[[ArchSpec], ArchSpec]:
+    """A spec fitted to the dataset: its channels and classes, and its image size unless the
+    space searches resolution (the dataset's shape fixes every baseline and calibration run)."""
+    def adapt(spec: ArchSpec) -> ArchSpec:
+        return spec.for_input(data.in_channels, spec.input_size if space.resolution else data.size,
+                              data.num_classes)
+    return adapt
 
 
 def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
@@ -181,26 +206,17 @@ def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> 
     # here also reports a missing dataset before anything is queued.
     data = load_study_data(cfg)
     space = cfg.space
-
-    def adapt(spec: ArchSpec) -> ArchSpec:
-        return spec.for_input(data.in_channels, spec.input_size if space.resolution else data.size,
-                              data.num_classes)
-
+    adapt = _adapter(space, data)
     # The study's budget, not the space's: search points up to it must have a baseline to meet.
     grid = baseline_grid(space, settings.families, settings.points, adapt=adapt,
                          madds_range=search_range(space, adapt, cfg.budget_madds))
     study = open_study(bcfg, "baseline", parent=cfg.name)
-    stale = reap_stale(study)
-    if stale:
-        print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
-    queued = _queue(study, bcfg.storage, [
+    queued, waiting, bcfg = _queue_runs(study, bcfg, [
         {"baseline_spec": p.spec.to_dict(), "family": p.family, "multiplier": p.multiplier,
-         "baseline_label": p.label} for p in grid], range(settings.seeds))
-    waiting = _waiting(study)
+         "baseline_label": p.label} for p in grid], range(settings.seeds), print_fn)
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                for t in study.get_trials(deepcopy=False))
     total = done + waiting
-    bcfg = dataclasses.replace(bcfg, trials=budget_used(study.get_trials(deepcopy=False)) + waiting)
     print_fn(f"study {bcfg.name}: {len(grid)} architectures x {settings.seeds} seed(s) "
              f"({', '.join(settings.families)}); {done} of {total} trials done, {queued} newly "
              f"queued; storage {bcfg.storage}; {bcfg.workers} worker(s)")
@@ -233,12 +249,8 @@ def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> di
                          "`condconv-nas search` first")
     data = load_study_data(cfg)
     study = open_study(ccfg, "confirm", parent=cfg.name)
-    stale = reap_stale(study)
-    if stale:
-        print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
-    queued = _queue(study, ccfg.storage, points, range(1, cfg.confirm_seeds + 1))
-    waiting = _waiting(study)
-    ccfg = dataclasses.replace(ccfg, trials=budget_used(study.get_trials(deepcopy=False)) + waiting)
+    queued, waiting, ccfg = _queue_runs(study, ccfg, points, range(1, cfg.confirm_seeds + 1),
+                                        print_fn)
     print_fn(f"study {ccfg.name}: {len(points)} front architectures x {cfg.confirm_seeds} fresh "
              f"seed(s); {queued} runs newly queued, {waiting} to run; storage {ccfg.storage}; "
              f"{ccfg.workers} worker(s)")
@@ -307,25 +319,14 @@ def run_calibrate(cfg: StudyConfig, archs: int | None = None,
             raise StudyError(f"{cfg.path}: calibration.train_images: {n} exceeds the {n_train} "
                              f"training images of {cfg.dataset} (after the validation split); "
                              "lower it or write all")
-    space = cfg.space
-
-    def adapt(spec: ArchSpec) -> ArchSpec:
-        return spec.for_input(data.in_channels, spec.input_size if space.resolution else data.size,
-                              data.num_classes)
-
-    picks = calibration_archs(cfg, adapt, cal.archs)
+    picks = calibration_archs(cfg, _adapter(cfg.space, data), cal.archs)
     study = open_study(ccfg, "calibrate")
     study.set_user_attr("calibration", cal.to_dict())
-    stale = reap_stale(study)
-    if stale:
-        print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
     budgets = cal.budgets()
-    queued = _queue(study, ccfg.storage, [
+    queued, waiting, ccfg = _queue_runs(study, ccfg, [
         {"baseline_spec": spec.to_dict(), "family": "calibration", "epochs": e,
          "train_images": n, "baseline_label": f"{label} @ {budget_label((e, n))}"}
-        for label, spec in picks for e, n in budgets], range(1))
-    waiting = _waiting(study)
-    ccfg = dataclasses.replace(ccfg, trials=budget_used(study.get_trials(deepcopy=False)) + waiting)
+        for label, spec in picks for e, n in budgets], range(1), print_fn)
     print_fn(f"study {ccfg.name}: {len(picks)} architectures x {len(budgets)} budgets "
              f"({', '.join(budget_label(b) for b in budgets)}; reference "
              f"{budget_label(cal.reference)}); {queued} runs newly queued, {waiting} to run; "

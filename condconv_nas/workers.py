@@ -111,7 +111,7 @@ def _promotions(trials: list[optuna.trial.FrozenTrial]
     promoted: dict[int, set[int]] = {}
     for t in trials:
         r = TrialRecord.of(t.user_attrs)
-        if r.stale or t.number in stale:
+        if t.number in stale:  # stale_numbers holds the attempts marked stale too
             continue
         if r.rung > 0 and r.promoted_from is not None:
             promoted.setdefault(r.rung - 1, set()).add(r.promoted_from)
@@ -154,7 +154,7 @@ def _over_budget(study: optuna.Study, trial: optuna.Trial, total: int) -> bool:
     mine = TrialRecord.of(trial.user_attrs)
     if mine.rung > 0:
         twins = [t.number for t in trials if t.number not in stale
-                 and (r := TrialRecord.of(t.user_attrs)).rung == mine.rung and not r.stale
+                 and (r := TrialRecord.of(t.user_attrs)).rung == mine.rung
                  and r.promoted_from == mine.promoted_from and t.state != TrialState.WAITING]
         if min(twins, default=trial.number) == trial.number:
             return False
