@@ -14,6 +14,7 @@ from .commands import (
     cmd_cost,
     cmd_export,
     cmd_fidelity,
+    cmd_latency,
     cmd_presets,
     cmd_report,
     cmd_search,
@@ -61,6 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-layer", action="store_true", help="list every layer")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("latency", help="measured latency (batch 1), throughput and training "
+                       "images/s, beside the static twin's",
+                       description="Measure an architecture in isolation: batch-1 inference "
+                       "latency (deployment), large-batch throughput (serving) and training "
+                       "images/s, in interleaved rounds after warm-up, medians with p10-p90. "
+                       "A CondConv network is measured beside its static twin (the same network "
+                       "with CondConv off). Inference runs the exported graph's paths.")
+    _add_arch_source(p)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--batch", type=int, metavar="B",
+                   help="throughput and training batch (default 256, or 32 above 64 px)")
+    p.add_argument("--threads", type=int, metavar="T", help="CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=5, metavar="N",
+                   help="interleaved rounds (default 5; each times 10 batch-1 calls)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--no-train", action="store_true", help="skip the training measurement")
+    p.add_argument("--no-twin", action="store_true", help="skip the static twin")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("train", help="train an architecture on a dataset")
     _add_arch_source(p)
@@ -154,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="for --retrain: auto, cpu or cuda")
     p.add_argument("--untrained", action="store_true",
                    help="export a trial without stored weights with random weights (no --retrain)")
+    p.add_argument("--no-latency", action="store_true",
+                   help="skip timing model.ts and its static twin at batch 1 on this CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=cmd_export)

@@ -104,14 +104,14 @@ def count_cost(spec: ArchSpec) -> Cost:
 
 
 @contextlib.contextmanager
-def _canonical_paths(model) -> Iterator[None]:
-    """Count CondConvs as per-example kernels (the inference computation), then restore paths."""
-    from .layers import CondConv2d
+def _deploy_paths(model, onnx: bool = False) -> Iterator[None]:
+    """Count CondConvs on the paths an exported graph takes (layers.deploy_path), then restore."""
+    from .layers import CondConv2d, deploy_path
 
     convs = [m for m in model.modules() if isinstance(m, CondConv2d)]
     saved = [m.path for m in convs]
     for m in convs:
-        m.path = "bmm" if m.kernel_size == 1 and m.groups == 1 else "grouped"
+        m.path = deploy_path(m, onnx)
     try:
         yield
     finally:
@@ -119,8 +119,12 @@ def _canonical_paths(model) -> Iterator[None]:
             m.path = path
 
 
-def ptflops_cost(spec: ArchSpec) -> tuple[int, int]:
-    """(MAdds, params) of the built model counted by ptflops' aten backend, which sees F.conv2d."""
+def ptflops_cost(spec: ArchSpec, onnx: bool = False) -> tuple[int, int]:
+    """(MAdds, params) of the built model counted by ptflops' aten backend, which sees F.conv2d.
+
+    CondConvs run their deployment paths: the TorchScript export's by default, the ONNX
+    export's with `onnx` (which runs every expert of a k x k conv, so counts more).
+    """
     import torch
     from ptflops import get_model_complexity_info
     from ptflops.flops_counter import FLOPS_BACKEND
@@ -131,7 +135,7 @@ def ptflops_cost(spec: ArchSpec) -> tuple[int, int]:
         return inputs[0].numel()
 
     model = build_model(spec).eval()
-    with _canonical_paths(model), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()) as log:
+    with _deploy_paths(model, onnx), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()) as log:
         macs, params = get_model_complexity_info(
             model, (spec.in_channels, spec.input_size, spec.input_size),
             as_strings=False, print_per_layer_stat=False, backend=FLOPS_BACKEND.ATEN,

@@ -150,8 +150,13 @@ def check_weights(results: StudyResults, row: pd.Series, artifacts: str) -> None
 def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifacts: str = "",
                  pick: Pick | None = None, onnx: bool = False,
                  retrained: dict[str, Any] | None = None,
-                 model: nn.Module | None = None, untrained: bool = False) -> dict[str, Path]:
+                 model: nn.Module | None = None, untrained: bool = False,
+                 latency: bool = True) -> dict[str, Path]:
     """Write the export folder for one trial; `model` (retrained) replaces the proxy weights.
+
+    With `latency`, the exported TorchScript file and the static twin's (the same network with
+    CondConv off) are timed at batch 1 on this CPU, interleaved, and both go in arch.json and
+    the card: the cost a deployment pays, beside the MAdds it was chosen by.
 
     A trial without stored weights (only front trials keep theirs) is refused unless
     `untrained` asks for the architecture with freshly initialised weights: a graph of random
@@ -213,35 +218,51 @@ def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifac
                        if m.get("preprocess") else None),
         "weights": weights,
     }
-    (out / "arch.json").write_text(json.dumps(record, indent=2) + "\n")
-    paths["arch"] = out / "arch.json"
     if weights:
         paths["weights"] = out / "weights.pt"
     example = torch.zeros(2, spec.in_channels, spec.input_size, spec.input_size)
-    portable = portable_copy(model)
-    paths["torchscript"] = _torchscript(portable, example, out / "model.ts")
+    paths["torchscript"] = _torchscript(deploy_copy(model), example, out / "model.ts")
     if onnx:
-        paths["onnx"] = _onnx(portable, example, out / "model.onnx")
+        paths["onnx"] = _onnx(deploy_copy(model, onnx=True), example, out / "model.onnx")
+    if latency:
+        record["metrics"]["latency"] = measure_export(spec, paths["torchscript"], example)
+    (out / "arch.json").write_text(json.dumps(record, indent=2) + "\n")
+    paths["arch"] = out / "arch.json"
     paths["card"] = _card(record, out / "MODEL_CARD.md", sorted(p.name for p in paths.values()))
     return paths
 
 
-def portable_copy(model: nn.Module) -> nn.Module:
-    """A copy whose CondConv layers take paths that hold for any batch size once traced.
+def measure_export(spec: ArchSpec, file: Path, example: torch.Tensor) -> dict[str, Any]:
+    """Batch-1 CPU latency of an exported TorchScript file and of its static twin's trace."""
+    import tempfile
 
-    The fastest path for a shape may fold the batch into conv groups, which a trace would freeze
-    at the example's batch size. Exported graphs use batched matmul for 1x1 convs and
-    all-experts-then-mix for the others: exact, and free in the batch dimension.
-    """
+    import torch
+
+    from .baselines import static_base
+    from .latency import describe_device, time_torchscript
+    from .model import build_model
+
+    shape = tuple(example.shape[1:])
+    files = {"model": str(file)}
+    with tempfile.TemporaryDirectory() as tmp:
+        if any(b.condconv for b in spec.blocks()):
+            twin = build_model(static_base(spec)).eval()
+            files["static_twin"] = str(_torchscript(twin, example, Path(tmp) / "twin.ts"))
+        ms = time_torchscript(files, shape, threads=None)
+    ms.setdefault("static_twin", ms["model"])  # a static network is its own twin
+    return {"file": file.name, "device": describe_device(torch.device("cpu")),
+            "threads": torch.get_num_threads(), "batch": 1, "torch": torch.__version__,
+            "model_ms": round(ms["model"], 4), "static_twin_ms": round(ms["static_twin"], 4),
+            "ratio": round(ms["model"] / ms["static_twin"], 3)}
+
+
+def deploy_copy(model: nn.Module, onnx: bool = False) -> nn.Module:
+    """A copy whose CondConv layers take the deployment paths (see layers.deploy_path)."""
     import copy
 
-    from .layers import CondConv2d
+    from .layers import set_deploy_paths
 
-    out = copy.deepcopy(model).eval()
-    for m in out.modules():
-        if isinstance(m, CondConv2d):
-            m.path = "bmm" if (m.kernel_size == 1 and m.groups == 1 and m.padding == 0) else "experts"
-    return out
+    return set_deploy_paths(copy.deepcopy(model).eval(), onnx)
 
 
 def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
@@ -300,6 +321,11 @@ def _card(record: dict[str, Any], path: Path, files: list[str]) -> Path:
         f"| proxy val accuracy | {met['val_acc']:.4f} ({met.get('proxy_epochs') or '?'} epochs, "
         f"{prov.get('train_limit') or 'all'} training images) |",
     ]
+    lat = met.get("latency")
+    if lat:
+        lines += [f"| CPU latency, batch 1 ({lat['file']}) | {lat['model_ms']:.2f} ms "
+                  f"({lat['ratio']:.2f}x the static twin's {lat['static_twin_ms']:.2f} ms; "
+                  f"{lat['device']}, {lat['threads']} threads) |"]
     if retrained:
         test = retrained.get("test_acc")
         lines += [f"| retrained val accuracy | {retrained['val_acc']:.4f} "

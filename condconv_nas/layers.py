@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import pathtune
+
 __all__ = [
     "PATHS",
     "CondConv2d",
@@ -15,7 +17,10 @@ __all__ = [
     "Router",
     "SqueezeExcite",
     "choose_path",
+    "deploy_path",
     "make_activation",
+    "per_example_conv",
+    "set_deploy_paths",
 ]
 
 # How CondConv2d can compute its output. All are exact; they differ in speed by shape and device.
@@ -23,7 +28,25 @@ __all__ = [
 #   bmm:     1x1 conv, groups 1 -> per-example kernels, one batched matmul
 #   grouped: per-example kernels, batch folded into the groups of one conv
 #   experts: every expert on the whole batch as one conv, outputs mixed by the routing weights
-PATHS = ("static", "bmm", "grouped", "experts")
+#   taps:    depthwise only: per-example kernels applied tap by tap to shifted views (no grouped
+#            conv, so an exported graph with a free batch size needs no batch-dependent groups)
+PATHS = ("static", "bmm", "grouped", "experts", "taps")
+
+
+@torch.jit.script_if_tracing
+def per_example_conv(x: torch.Tensor, kernels: torch.Tensor, stride: int, padding: int,
+                     dilation: int, groups: int) -> torch.Tensor:
+    """Each example convolved with its own kernel [B, out, in/groups, k, k], as one grouped conv.
+
+    Scripted when traced, so an exported graph computes the groups from the batch it is given
+    (at batch 1: the kernel mixed once, then one ordinary conv) instead of freezing them.
+    """
+    b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    o = kernels.shape[1]
+    weight = kernels.reshape(b * o, kernels.shape[2], kernels.shape[3], kernels.shape[4])
+    y = F.conv2d(x.reshape(1, b * c, h, w), weight, None, [stride, stride], [padding, padding],
+                 [dilation, dilation], b * groups)
+    return y.reshape(b, o, y.shape[2], y.shape[3])
 
 
 def choose_path(device: str, batch: int, in_channels: int, out_channels: int, kernel: int,
@@ -99,25 +122,36 @@ class CondConv2d(nn.Module):
         span = self.dilation * (self.kernel_size - 1) + 1
         return (size + 2 * self.padding - span) // self.stride + 1
 
-    def resolve_path(self, x: torch.Tensor) -> str:
-        """The path forward takes for this input."""
-        if self.path != "auto":
-            return self.path
+    def rule_path(self, x: torch.Tensor) -> str:
+        """The path the fitted rule (`choose_path`) gives this input, without timing anything."""
+        if self.num_experts == 1:
+            return "static"
         if self.padding != 0 and self.kernel_size == 1:
             return "grouped"  # a padded 1x1 conv grows the map: only the conv paths compute it
         pixels = self.out_size(x.shape[-2]) * self.out_size(x.shape[-1])
         return choose_path(x.device.type, x.shape[0], self.in_channels, self.out_channels,
                            self.kernel_size, self.groups, pixels, self.num_experts)
 
+    def resolve_path(self, x: torch.Tensor, routing_weights: torch.Tensor | None = None) -> str:
+        """The path forward takes for this input: forced, else measured (pathtune), else the rule.
+
+        Without routing weights nothing can be timed: a shape measured before keeps its choice.
+        """
+        if self.path != "auto":
+            return self.path
+        return pathtune.tuned_path(self, x, routing_weights, self.rule_path(x))
+
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         """`x` [B, C, H, W], `routing_weights` [B, E] -> [B, out, H', W']."""
-        path = self.resolve_path(x)
+        path = self.resolve_path(x, routing_weights)
         if path == "static":
             return self._static(x, routing_weights)
         if path == "experts":
             return self._experts(x, routing_weights)
         if path == "bmm":
             return self._bmm(x, routing_weights)
+        if path == "taps":
+            return self._taps(x, routing_weights)
         return self._grouped(x, routing_weights)
 
     def mixed_kernels(self, routing_weights: torch.Tensor) -> torch.Tensor:
@@ -153,11 +187,31 @@ class CondConv2d(nn.Module):
         return self._add_bias(y, r)
 
     def _grouped(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
         kernels = self.mixed_kernels(r).to(x.dtype)
+        if torch.jit.is_tracing():  # batch-free in an exported graph
+            y = per_example_conv(x, kernels, self.stride, self.padding, self.dilation, self.groups)
+            return self._add_bias(y, r)
+        b, c, h, w = x.shape
         kernels = kernels.reshape(b * self.out_channels, *self.weight.shape[2:])
         y = self._conv(x.reshape(1, b * c, h, w), kernels, b * self.groups)
         return self._add_bias(y.view(b, self.out_channels, *y.shape[-2:]), r)
+
+    def _taps(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        if not (self.groups == self.in_channels == self.out_channels):
+            raise ValueError("the taps path needs a depthwise conv (groups = in = out channels)")
+        k, s, d = self.kernel_size, self.stride, self.dilation
+        kernels = self.mixed_kernels(r).to(x.dtype)  # [B, C, 1, k, k]
+        if self.padding:
+            x = F.pad(x, [self.padding] * 4)
+        oh, ow = (x.shape[-2] - d * (k - 1) - 1) // s + 1, (x.shape[-1] - d * (k - 1) - 1) // s + 1
+        y = None
+        for u in range(k):
+            for v in range(k):
+                # Tap (u, v) of every output pixel reads one strided view of the padded input.
+                view = x[:, :, u * d : u * d + s * (oh - 1) + 1 : s, v * d : v * d + s * (ow - 1) + 1 : s]
+                term = view * kernels[:, :, 0, u, v, None, None]
+                y = term if y is None else y + term
+        return self._add_bias(y, r)
 
     def _experts(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         e, o, g = self.num_experts, self.out_channels, self.groups
@@ -237,3 +291,26 @@ class ConvBnAct(nn.Module):
         """Routing weights are used by a CondConv and ignored by a static conv."""
         y = self.conv(x, routing) if isinstance(self.conv, CondConv2d) else self.conv(x)
         return self.act(self.bn(y))
+
+
+def deploy_path(conv: CondConv2d, onnx: bool = False) -> str:
+    """The path an exported graph takes: exact, free in the batch size, cheap at batch 1.
+
+    1x1 convs: one batched matmul (at batch 1, one matmul). Others: per-example kernels mixed
+    once, then one conv (TorchScript scripts the grouping, see `per_example_conv`). ONNX fixes a
+    conv's groups when the graph is built, so there k x k convs run every expert and mix the
+    outputs, which ONNX Runtime ran as fast as the tap-by-tap form (README, "Deployment").
+    """
+    if conv.num_experts == 1:
+        return "static"
+    if conv.kernel_size == 1 and conv.groups == 1 and conv.padding == 0:
+        return "bmm"
+    return "experts" if onnx else "grouped"
+
+
+def set_deploy_paths(model: nn.Module, onnx: bool = False) -> nn.Module:
+    """Fix every CondConv2d of `model` to its deployment path; returns the model."""
+    for m in model.modules():
+        if isinstance(m, CondConv2d):
+            m.path = deploy_path(m, onnx)
+    return model

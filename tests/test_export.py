@@ -96,6 +96,14 @@ def test_export_round_trip(searched, tmp_path, capsys):
     assert np.abs(onnx_out - ref.numpy()).max() < 1e-4
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{cost.madds:,}" in card and "load_arch" in card
+    # The exported file was timed beside its static twin (sanity only, never a speed).
+    lat = record["metrics"]["latency"]
+    assert lat["file"] == "model.ts" and lat["batch"] == 1 and lat["threads"] >= 1
+    assert lat["model_ms"] > 0 and lat["static_twin_ms"] > 0
+    assert lat["ratio"] == pytest.approx(lat["model_ms"] / lat["static_twin_ms"], abs=2e-3)
+    if not any(b.condconv for b in spec.blocks()):
+        assert lat["ratio"] == 1
+    assert f"{lat['model_ms']:.2f} ms" in card
 
 
 def test_reused_trial_exports_the_weights_of_the_trial_it_reused():

@@ -18,6 +18,7 @@ CASES = [
     (8, 12, 1, 2, 1, 1, True, 3, 7),       # strided pointwise with bias
     (6, 6, 3, 1, 1, 6, False, 4, 5),       # depthwise
     (6, 6, 5, 2, 1, 6, True, 2, 9),        # strided depthwise 5x5 with bias
+    (4, 4, 3, 2, 2, 4, False, 3, 10),      # strided, dilated depthwise
     (8, 12, 3, 1, 2, 1, False, 3, 8),      # dilated general conv
     (8, 12, 3, 2, 1, 4, True, 2, 7),       # grouped, strided
     (5, 7, 3, 1, 1, 1, True, 1, 4),        # batch of one
@@ -44,6 +45,11 @@ def _paths_for(k: int, groups: int, experts: int) -> list[str]:
     return paths
 
 
+def _depthwise(case) -> bool:
+    cin, cout, _, _, _, g = case[:6]
+    return g == cin == cout
+
+
 def _grads(conv, x, r, path):
     conv.path = path
     for t in (x, r, conv.weight, conv.bias):
@@ -65,7 +71,7 @@ def test_outputs_and_gradients_match_per_example_reference(case, experts, device
     x = torch.randn(b, cin, size, size, dtype=torch.float64, device=device, requires_grad=True)
     r = torch.rand(b, experts, dtype=torch.float64, device=device, requires_grad=True)
     y_ref, g_ref = _grads(conv, x, r, "reference")
-    for path in _paths_for(k, g, experts):
+    for path in _paths_for(k, g, experts) + (["taps"] if _depthwise(case) else []):
         y, grads = _grads(conv, x, r, path)
         assert y.shape == y_ref.shape
         torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-9, msg=f"output, path {path}")
@@ -102,6 +108,40 @@ def test_bmm_path_rejects_shapes_it_cannot_compute():
     conv.path = "bmm"
     with pytest.raises(ValueError, match="1x1"):
         conv(torch.randn(1, 4, 5, 5), torch.rand(1, 2))
+
+
+def test_taps_path_refuses_a_conv_that_is_not_depthwise():
+    conv = CondConv2d(4, 8, 3, groups=4, num_experts=2)
+    conv.path = "taps"
+    with pytest.raises(ValueError, match="depthwise"):
+        conv(torch.randn(1, 4, 5, 5), torch.rand(1, 2))
+
+
+@pytest.mark.parametrize("k, groups", [(3, 6), (1, 1), (3, 1)])
+def test_traced_grouped_path_takes_any_batch(k, groups):
+    conv = CondConv2d(6, 6, k, groups=groups, bias=True, num_experts=3).double().eval()
+    conv.path = "grouped"
+    wrapped = _Routed(conv)
+    traced = torch.jit.trace(wrapped, torch.randn(2, 6, 7, 7, dtype=torch.float64),
+                             check_trace=False)
+    for b in (1, 3, 5):
+        x = torch.randn(b, 6, 7, 7, dtype=torch.float64)
+        torch.testing.assert_close(traced(x), reference(conv, x, wrapped.route(x)), rtol=0,
+                                   atol=1e-9)
+
+
+class _Routed(torch.nn.Module):
+    """A CondConv with its own router, so a trace sees one input."""
+
+    def __init__(self, conv: CondConv2d) -> None:
+        super().__init__()
+        self.conv, self.router = conv, Router(conv.in_channels, conv.num_experts).double()
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        return self.router(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, self.router(x))
 
 
 def test_choose_path_picks_a_path_that_can_compute_the_shape():

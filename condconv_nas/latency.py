@@ -1,0 +1,234 @@
+"""Measured cost: batch-1 latency, large-batch throughput and training images/s, in isolation.
+
+The protocol follows timm's benchmark.py: warm-up iterations, then timed iterations, with
+channels_last and bf16 as flags. Several models (a CondConv network and its static twin) are
+measured in interleaved rounds, so that clock changes and other tenants fall on all of them
+alike; figures are medians with the 10th and 90th percentiles as the spread. Inference runs the
+deployment paths (`layers.set_deploy_paths`, what an exported graph computes); training runs the
+paths a study trains with (measured per shape, see pathtune).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import CondConv2d, set_deploy_paths
+
+__all__ = ["Latency", "default_batch", "describe_device", "measure", "measure_many",
+           "time_torchscript"]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One model's measured cost and the conditions it was measured under."""
+
+    latency_ms: float            # median batch-1 forward
+    latency_ms_p10: float
+    latency_ms_p90: float
+    images_per_s: float          # median large-batch forward throughput
+    images_per_s_p10: float
+    images_per_s_p90: float
+    train_images_per_s: float | None  # median forward+backward+SGD step throughput
+    device: str
+    threads: int
+    batch: int
+    precision: str
+    channels_last: bool
+    torch: str
+    samples: int                 # batch-1 calls timed
+    paths: dict[str, dict[str, int]] = field(default_factory=dict)  # mode -> path -> layers
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, figures rounded to what the timing resolves."""
+        out = asdict(self)
+        for k in ("latency_ms", "latency_ms_p10", "latency_ms_p90"):
+            out[k] = round(out[k], 4)
+        for k in ("images_per_s", "images_per_s_p10", "images_per_s_p90", "train_images_per_s"):
+            out[k] = None if out[k] is None else round(out[k], 1)
+        return out
+
+
+def describe_device(device: torch.device) -> str:
+    """The device in words: the GPU's name, or the CPU's model and the threads used."""
+    from .pathtune import _device_name
+
+    return _device_name(device)
+
+
+def default_batch(input_size: int) -> int:
+    """Throughput batch: 256 for proxy-sized inputs (timm's default), 32 at ImageNet sizes."""
+    return 256 if input_size <= 64 else 32
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[int]:
+    saved = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _path_counts(model: nn.Module, run: Callable[[], Any]) -> dict[str, int]:
+    """Which path each CondConv layer takes during one call of `run`."""
+    seen: Counter[str] = Counter()
+
+    def hook(layer, args):
+        seen[layer.resolve_path(args[0], args[1])] += 1
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
+               if isinstance(m, CondConv2d)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return dict(seen)
+
+
+class _Runner:
+    """One model's three timed calls: batch-1 forward, large-batch forward, one training step."""
+
+    def __init__(self, model: nn.Module, shape: tuple[int, int, int], batch: int,
+                 device: torch.device, bf16: bool, channels_last: bool, train: bool) -> None:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.device, self.bf16 = device, bf16
+        self.infer = set_deploy_paths(copy.deepcopy(model)).to(device, memory_format=fmt).eval()
+        self.one = torch.randn(1, *shape, device=device).contiguous(memory_format=fmt)
+        self.many = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
+        self.trainee = None
+        if train:  # a copy: measuring never changes the caller's weights
+            self.trainee = copy.deepcopy(model).to(device, memory_format=fmt).train()
+            self.opt = torch.optim.SGD(self.trainee.parameters(), lr=1e-4, momentum=0.9)
+            classes = self.trainee(self.one.expand(2, -1, -1, -1)).shape[1]
+            self.labels = torch.randint(0, classes, (batch,), device=device)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def timed(self, fn: Callable[[], Any]) -> float:
+        self._sync()
+        start = time.perf_counter()
+        fn()
+        self._sync()
+        return time.perf_counter() - start
+
+    @torch.no_grad()
+    def forward_one(self) -> None:
+        with self._autocast():
+            self.infer(self.one)
+
+    @torch.no_grad()
+    def forward_many(self) -> None:
+        with self._autocast():
+            self.infer(self.many)
+
+    def step(self) -> None:
+        assert self.trainee is not None
+        self.opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = nn.functional.cross_entropy(self.trainee(self.many), self.labels)
+        loss.backward()
+        self.opt.step()
+
+
+def measure_many(models: dict[str, nn.Module], shape: tuple[int, int, int], *,
+                 device: str | torch.device = "cpu", batch: int | None = None,
+                 threads: int | None = None, bf16: bool = False, channels_last: bool = False,
+                 train: bool = True, rounds: int = 5, per_round: int = 10,
+                 warmup: int = 5) -> dict[str, Latency]:
+    """Measure several models (C, H, W inputs) in interleaved rounds; name -> Latency.
+
+    Each round times `per_round` batch-1 forwards, one large-batch forward and one training step
+    of every model in turn, after `warmup` untimed batch-1 calls and one untimed call of each
+    other kind (allocator, oneDNN/cuDNN algorithm and CondConv path choice settle there).
+    """
+    device = torch.device(device)
+    batch = batch or default_batch(shape[-1])
+    with _threads(threads if device.type == "cpu" else None) as used:
+        runners = {k: _Runner(m, shape, batch, device, bf16, channels_last, train)
+                   for k, m in models.items()}
+        samples: dict[str, dict[str, list[float]]] = {k: {"one": [], "many": [], "step": []}
+                                                      for k in models}
+        for r in runners.values():
+            for _ in range(warmup):
+                r.forward_one()
+            r.forward_many()
+            if r.trainee is not None:
+                r.step()
+        for _ in range(rounds):
+            for name, r in runners.items():
+                s = samples[name]
+                s["one"] += [r.timed(r.forward_one) for _ in range(per_round)]
+                s["many"].append(r.timed(r.forward_many))
+                if r.trainee is not None:
+                    s["step"].append(r.timed(r.step))
+        out = {}
+        for name, r in runners.items():
+            s = samples[name]
+            paths = {"batch 1": _path_counts(r.infer, r.forward_one)}
+            if r.trainee is not None:
+                paths[f"train batch {batch}"] = _path_counts(r.trainee, r.step)
+            ips = [batch / t for t in s["many"]]
+            out[name] = Latency(
+                latency_ms=statistics.median(s["one"]) * 1e3,
+                latency_ms_p10=_percentile(s["one"], 10) * 1e3,
+                latency_ms_p90=_percentile(s["one"], 90) * 1e3,
+                images_per_s=statistics.median(ips), images_per_s_p10=_percentile(ips, 10),
+                images_per_s_p90=_percentile(ips, 90),
+                train_images_per_s=(statistics.median(batch / t for t in s["step"])
+                                    if s["step"] else None),
+                device=describe_device(device), threads=used if device.type == "cpu" else 0,
+                batch=batch, precision="bf16" if bf16 else "fp32", channels_last=channels_last,
+                torch=torch.__version__, samples=len(s["one"]),
+                paths={k: v for k, v in paths.items() if v})
+    return out
+
+
+def measure(model: nn.Module, shape: tuple[int, int, int], **kwargs: Any) -> Latency:
+    """One model's Latency (see measure_many for the protocol and options)."""
+    return measure_many({"model": model}, shape, **kwargs)["model"]
+
+
+def time_torchscript(files: dict[str, str], shape: tuple[int, int, int], threads: int | None = 1,
+                     rounds: int = 5, per_round: int = 10, warmup: int = 5) -> dict[str, float]:
+    """Median batch-1 CPU latency (ms) of TorchScript files, interleaved; name -> ms."""
+    with _threads(threads), torch.no_grad():
+        graphs = {k: torch.jit.load(f, map_location="cpu").eval() for k, f in files.items()}
+        x = torch.randn(1, *shape)
+        times: dict[str, list[float]] = {k: [] for k in graphs}
+        for g in graphs.values():
+            for _ in range(warmup):
+                g(x)
+        for _ in range(rounds):
+            for k, g in graphs.items():
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    g(x)
+                    times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}

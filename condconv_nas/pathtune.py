@@ -1,0 +1,217 @@
+"""CondConv path choice by measurement: time each exact path once per shape (like cudnn.benchmark).
+
+The first time a CondConv2d meets a shape (batch, channels, kernel, map size, experts) on a
+device, dtype and grad mode, every exact path that can compute it runs a few interleaved times
+and the fastest is kept for the process, and in a JSON file when one is set, so that the choice
+is made once per machine rather than once per run. Tuning is on by default;
+`CONDCONV_NAS_PATH_TUNING=0` (or `set_tuning(False)`) falls back to `layers.choose_path`'s
+fitted rule, which tests use for deterministic runs. While a graph is being compiled, captured
+or traced nothing is timed: a shape already measured keeps its choice, any other takes the rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .layers import CondConv2d
+
+__all__ = ["cache_file", "candidates", "choices", "clear", "enabled", "reset", "set_cache_file",
+           "set_tuning", "shape_key", "time_paths", "tuned_path"]
+
+ENV_TUNING = "CONDCONV_NAS_PATH_TUNING"
+ENV_CACHE = "CONDCONV_NAS_PATH_CACHE"
+ROUNDS = 3  # interleaved timed calls per path after one warm-up call: the least is kept
+
+_enabled: bool | None = None  # None: read the environment
+_cache_path: Path | None | bool = False  # False: read the environment
+_choices: dict[str, str] = {}
+_loaded: set[Path] = set()
+
+
+def enabled() -> bool:
+    """Whether paths are chosen by timing (default) or by the fitted rule."""
+    if _enabled is None:
+        return os.environ.get(ENV_TUNING, "1").strip().lower() not in ("0", "off", "false", "no")
+    return _enabled
+
+
+def set_tuning(on: bool | None) -> None:
+    """Turn timing on or off for this process (None: back to the environment's setting)."""
+    global _enabled
+    _enabled = on
+
+
+def cache_file() -> Path | None:
+    """The JSON file choices persist in, or None (process memory only)."""
+    if _cache_path is False:
+        env = os.environ.get(ENV_CACHE, "").strip()
+        return Path(env).expanduser() if env else None
+    return _cache_path  # type: ignore[return-value]
+
+
+def set_cache_file(path: str | Path | None) -> None:
+    """Persist choices in `path` (None: memory only); read on first use."""
+    global _cache_path
+    _cache_path = Path(path).expanduser() if path is not None else None
+
+
+def clear() -> None:
+    """Forget every choice made in this process (the file, if any, is left as it is)."""
+    _choices.clear()
+    _loaded.clear()
+
+
+def reset() -> None:
+    """Back to the environment's settings, with nothing remembered."""
+    global _enabled, _cache_path
+    _enabled, _cache_path = None, False
+    clear()
+
+
+def choices() -> dict[str, str]:
+    """Shape key -> chosen path, for every shape seen (or read) in this process."""
+    return dict(_choices)
+
+
+@functools.cache
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def shape_key(layer: CondConv2d, x: torch.Tensor) -> str:
+    """What a path's speed depends on: device, threads, dtype, grad, layout and the conv's shape."""
+    dtype = x.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    layout = "cl" if (x.dim() == 4 and not x.is_contiguous()
+                      and x.is_contiguous(memory_format=torch.channels_last)) else "nchw"
+    mode = "train" if torch.is_grad_enabled() else "eval"
+    b, c, h, w = x.shape
+    return (f"{_device_name(x.device)}|{torch.get_num_threads()}t|{str(dtype).removeprefix('torch.')}"
+            f"|{mode}|{layout}|b{b} {c}->{layer.out_channels} k{layer.kernel_size} "
+            f"s{layer.stride} d{layer.dilation} p{layer.padding} g{layer.groups} {h}x{w} "
+            f"e{layer.num_experts} bias{int(layer.bias is not None)}")
+
+
+def candidates(layer: CondConv2d) -> list[str]:
+    """The exact paths that can compute this layer (static only serves one expert)."""
+    if layer.num_experts == 1:
+        return ["static"]
+    paths = ["grouped", "experts"]
+    if layer.kernel_size == 1 and layer.groups == 1 and layer.padding == 0:
+        paths.insert(0, "bmm")
+    return paths
+
+
+def _busy() -> bool:
+    """A graph being compiled, captured or traced: timing now would be wrong or break it."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def time_paths(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor, paths: list[str],
+               rounds: int = ROUNDS) -> dict[str, float]:
+    """Least seconds of one call per path (forward, plus backward when grad is on), interleaved.
+
+    The layer's parameters are used but never accumulate gradients: backward goes through
+    `torch.autograd.grad` on detached copies of the inputs.
+    """
+    grad = torch.is_grad_enabled()
+    xs = x.detach().requires_grad_(grad)
+    rs = r.detach().requires_grad_(grad)
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    saved = layer.path
+    params = [p for p in (layer.weight, layer.bias) if p is not None and p.requires_grad]
+
+    def call(path: str) -> None:
+        layer.path = path
+        y = layer(xs, rs)
+        if grad:
+            torch.autograd.grad(y, [xs, rs, *params], torch.ones_like(y))
+
+    best = {p: float("inf") for p in paths}
+    try:
+        for p in paths:  # warm-up: allocator, oneDNN/cuDNN algorithm choice
+            call(p)
+        for _ in range(rounds):
+            for p in paths:
+                sync()
+                start = time.perf_counter()
+                call(p)
+                sync()
+                best[p] = min(best[p], time.perf_counter() - start)
+    finally:
+        layer.path = saved
+    return best
+
+
+def _load(path: Path) -> None:
+    if path in _loaded:
+        return
+    _loaded.add(path)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no file yet, or one cut short: timing again costs little
+    if isinstance(stored, dict):
+        for k, v in stored.items():
+            if isinstance(k, str) and isinstance(v, str):
+                _choices.setdefault(k, v)
+
+
+def _save(path: Path, key: str, choice: str) -> None:
+    """Merge one choice into the file atomically, so concurrent workers never leave it torn."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            stored = json.loads(path.read_text())
+            stored = stored if isinstance(stored, dict) else {}
+        except (OSError, ValueError):
+            stored = {}
+        stored[key] = choice
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(stored, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only or full disk costs a re-measurement next time, never the run
+
+
+def tuned_path(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor | None, rule: str) -> str:
+    """The measured fastest path for this shape; `rule` when tuning is off or cannot run now."""
+    if rule == "static" or not enabled():
+        return rule
+    key = shape_key(layer, x)
+    file = cache_file()
+    if file is not None:
+        _load(file)
+    if key in _choices:
+        return _choices[key]
+    paths = candidates(layer)
+    if r is None or _busy() or len(paths) == 1:
+        return rule
+    times = time_paths(layer, x, r, paths)
+    choice = min(paths, key=times.__getitem__)
+    _choices[key] = choice
+    if file is not None:
+        _save(file, key, choice)
+    return choice

@@ -1,0 +1,121 @@
+"""Path choice by timing: it takes the fastest measured path, remembers it, and stays exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from condconv_nas import pathtune
+from condconv_nas.layers import CondConv2d
+
+
+@pytest.fixture
+def tuning(monkeypatch, tmp_path):
+    """Tuning on, a clean memory and no cache file; everything restored afterwards."""
+    monkeypatch.delenv(pathtune.ENV_CACHE, raising=False)
+    pathtune.reset()
+    pathtune.set_tuning(True)
+    yield tmp_path
+    pathtune.reset()
+
+
+def _fake_times(monkeypatch, times: dict[str, float]) -> list[tuple]:
+    calls: list[tuple] = []
+
+    def fake(layer, x, r, paths, rounds=pathtune.ROUNDS):
+        calls.append((tuple(paths), torch.is_grad_enabled()))
+        return {p: times[p] for p in paths}
+
+    monkeypatch.setattr(pathtune, "time_paths", fake)
+    return calls
+
+
+def test_takes_the_fastest_measured_path_and_times_each_shape_once(tuning, monkeypatch):
+    calls = _fake_times(monkeypatch, {"bmm": 3.0, "grouped": 1.0, "experts": 2.0})
+    conv = CondConv2d(8, 16, 1, num_experts=4)
+    x, r = torch.randn(4, 8, 5, 5), torch.rand(4, 4)
+    assert conv.resolve_path(x, r) == "grouped"
+    assert conv.resolve_path(x, r) == "grouped"
+    assert calls == [(("bmm", "grouped", "experts"), True)]
+    with torch.no_grad():  # inference is its own shape: forward-only timing
+        conv.resolve_path(x, r)
+    conv.resolve_path(torch.randn(3, 8, 5, 5), r[:3])  # another batch size
+    assert [c[1] for c in calls] == [True, False, True]
+
+
+def test_depthwise_candidates_exclude_bmm_and_one_expert_is_never_timed(tuning, monkeypatch):
+    calls = _fake_times(monkeypatch, {"grouped": 2.0, "experts": 1.0})
+    dw = CondConv2d(6, 6, 3, groups=6, num_experts=3)
+    assert dw.resolve_path(torch.randn(2, 6, 5, 5), torch.rand(2, 3)) == "experts"
+    one = CondConv2d(6, 6, 3, groups=6, num_experts=1)
+    assert one.resolve_path(torch.randn(2, 6, 5, 5), torch.rand(2, 1)) == "static"
+    assert calls == [(("grouped", "experts"), True)]
+
+
+def test_off_switch_and_missing_routing_fall_back_to_the_rule(tuning, monkeypatch):
+    calls = _fake_times(monkeypatch, {"bmm": 3.0, "grouped": 1.0, "experts": 2.0})
+    conv = CondConv2d(32, 96, 1, num_experts=4)
+    x, r = torch.randn(64, 32, 16, 16), torch.rand(64, 4)
+    rule = conv.rule_path(x)
+    assert rule == "grouped"  # the fitted rule (the bench shows bmm faster here on CPU)
+    assert conv.resolve_path(x) == rule  # nothing to time without routing weights
+    pathtune.set_tuning(False)
+    assert conv.resolve_path(x, r) == rule
+    monkeypatch.setenv(pathtune.ENV_TUNING, "0")
+    pathtune.set_tuning(None)
+    assert not pathtune.enabled() and conv.resolve_path(x, r) == rule
+    assert calls == []
+
+
+def test_nothing_is_timed_while_tracing(tuning, monkeypatch):
+    calls = _fake_times(monkeypatch, {"bmm": 3.0, "grouped": 1.0, "experts": 2.0})
+    conv = CondConv2d(8, 16, 1, num_experts=2).eval().requires_grad_(False)
+    r = torch.rand(2, 2)
+    with torch.no_grad():
+        torch.jit.trace(lambda x: conv(x, r), torch.randn(2, 8, 4, 4), check_trace=False)
+    assert calls == []
+
+
+def test_real_timing_chooses_a_candidate_and_the_result_stays_exact(tuning):
+    conv = CondConv2d(16, 24, 1, num_experts=4).double()
+    x = torch.randn(8, 16, 6, 6, dtype=torch.float64, requires_grad=True)
+    r = torch.rand(8, 4, dtype=torch.float64, requires_grad=True)
+    y = conv(x, r)  # the first call times the paths, then computes with the winner
+    assert conv.weight.grad is None  # timing never accumulates into the parameters
+    (key, chosen), = pathtune.choices().items()
+    assert chosen in ("bmm", "grouped", "experts") and "|train|" in key and "b8 16->24 k1" in key
+    conv.path = "experts"
+    torch.testing.assert_close(y, conv(x, r), rtol=0, atol=1e-12)
+    times = pathtune.time_paths(conv, x, r, pathtune.candidates(conv))
+    assert set(times) == {"bmm", "grouped", "experts"}
+    assert all(0 < t < 10 for t in times.values())
+
+
+def test_choices_persist_in_the_cache_file_and_a_torn_file_is_ignored(tuning, monkeypatch):
+    file = tuning / "paths.json"
+    pathtune.set_cache_file(file)
+    _fake_times(monkeypatch, {"bmm": 3.0, "grouped": 1.0, "experts": 2.0})
+    conv = CondConv2d(8, 16, 1, num_experts=4)
+    x, r = torch.randn(4, 8, 5, 5), torch.rand(4, 4)
+    conv.resolve_path(x, r)
+    stored = json.loads(file.read_text())
+    assert list(stored.values()) == ["grouped"]
+    # A fresh process reads the file and times nothing for the shape it holds.
+    pathtune.clear()
+    stored[next(iter(stored))] = "experts"
+    file.write_text(json.dumps(stored))
+    calls = _fake_times(monkeypatch, {"bmm": 3.0, "grouped": 1.0, "experts": 2.0})
+    assert conv.resolve_path(x, r) == "experts" and calls == []
+    # A torn file costs a new measurement, not the run; the file is rewritten whole.
+    pathtune.clear()
+    file.write_text('{"half a')
+    assert conv.resolve_path(x, r) == "grouped" and len(calls) == 1
+    assert list(json.loads(file.read_text()).values()) == ["grouped"]
+
+
+def test_cache_file_from_the_environment(tuning, monkeypatch):
+    monkeypatch.setenv(pathtune.ENV_CACHE, str(tuning / "env.json"))
+    pathtune.reset()
+    assert pathtune.cache_file() == tuning / "env.json"
