@@ -136,9 +136,12 @@ class CondConv2d(nn.Module):
         """The path forward takes for this input: forced, else measured (pathtune), else the rule.
 
         Without routing weights nothing can be timed: a shape measured before keeps its choice.
+        A graph being compiled or traced takes the rule, so it never contains timing code.
         """
         if self.path != "auto":
             return self.path
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return self.rule_path(x)  # a graph holds no timing code: the rule, fixed in it
         return pathtune.tuned_path(self, x, routing_weights, self.rule_path(x))
 
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:

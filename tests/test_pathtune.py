@@ -119,3 +119,13 @@ def test_cache_file_from_the_environment(tuning, monkeypatch):
     monkeypatch.setenv(pathtune.ENV_CACHE, str(tuning / "env.json"))
     pathtune.reset()
     assert pathtune.cache_file() == tuning / "env.json"
+
+
+def test_compiled_model_takes_the_rule_and_matches_eager(tuning):
+    conv = CondConv2d(8, 16, 1, num_experts=4)
+    x, r = torch.randn(4, 8, 5, 5), torch.rand(4, 4)
+    compiled = torch.compile(conv)
+    y = compiled(x, r)
+    assert pathtune.choices() == {}  # nothing timed inside the graph
+    conv.path = conv.rule_path(x)
+    torch.testing.assert_close(y, conv(x, r))
