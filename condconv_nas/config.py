@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
     from .data import Dataset
 
-__all__ = ["HEARTBEAT", "SAMPLERS", "BaselineSettings", "PrunerConfig", "StudyConfig", "StudyError",
+__all__ = ["HEARTBEAT", "OBJECTIVES", "SAMPLERS", "BaselineSettings", "MeasureSettings",
+           "PrunerConfig", "StudyConfig", "StudyError",
            "baseline_study_config", "calibrate_study_config", "confirm_study_config", "control_study_config",
            "load_study_config", "load_study_data", "manifest", "preprocess_of", "result_settings",
            "settings_differ", "with_overrides"]
@@ -32,7 +33,9 @@ SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a trial is stale
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
          "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
-         "artifacts", "heartbeat", "confirm", "multifidelity", "calibration"}
+         "artifacts", "heartbeat", "confirm", "multifidelity", "calibration", "measure",
+         "objectives"}
+OBJECTIVES = ("madds", "latency")  # the cost axis searched against accuracy
 
 
 class StudyError(UserError):
@@ -45,6 +48,17 @@ class PrunerConfig:
 
     k: int = 3
     warmup_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """Latency taken of every trained architecture, in isolation (see latency.py, isolation.py)."""
+
+    device: str = "cpu"
+    batch: int = 1
+    threads: int = 1
+    repeats: int = 5  # interleaved rounds of 10 timed calls
+    timeout: int = 300  # seconds to wait for other workers to pause before measuring anyway
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,8 @@ class StudyConfig:
     confirm_seeds: int = 3  # fresh seeds per front architecture in `confirm`
     multifidelity: MultiFidelity | None = None  # successive halving over epochs (MO-ASHA)
     calibration: Calibration = Calibration()
+    measure: MeasureSettings | None = None
+    objective: str = "madds"  # the second objective: "madds" or measured "latency" (ms)
     path: str = ""
 
 
@@ -167,6 +183,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
                              f"confirmation train at), got {recipe.epochs}")
         recipe = dataclasses.replace(recipe, epochs=multifidelity.max_epochs)
     calibration = _calibration(src, data.get("calibration"))
+    measure = _measure(src, data.get("measure"))
+    objective = _objective(src, data.get("objectives"), measure)
     storage = data.get("storage")
     if storage is not None and not isinstance(storage, str):
         raise StudyError(f"{src}: storage: must be a URL or a file path, got {storage!r}")
@@ -215,7 +233,41 @@ def load_study_config(path: str | Path) -> StudyConfig:
                      else _int(src, "train_limit", data["train_limit"], 1)),
         pruner=pruner, baselines=baselines, artifacts=artifacts, heartbeat=heartbeat,
         confirm_seeds=confirm_seeds, multifidelity=multifidelity, calibration=calibration,
-        path=src)
+        measure=measure, objective=objective, path=src)
+
+
+def _measure(src: str, data: Any) -> MeasureSettings | None:
+    if data is None:
+        return None
+    keys = {f.name for f in dataclasses.fields(MeasureSettings)}
+    if not isinstance(data, dict) or set(data) - keys:
+        raise StudyError(f"{src}: measure: must be a mapping with keys {', '.join(sorted(keys))}, "
+                         "e.g. {device: cpu, batch: 1, threads: 1}")
+    default = MeasureSettings()
+    device = data.get("device", default.device)
+    if device not in ("cpu", "cuda"):
+        raise StudyError(f"{src}: measure.device: must be cpu or cuda, got {device!r}")
+    return MeasureSettings(device=device,
+                           batch=_int(src, "measure.batch", data.get("batch", default.batch), 1),
+                           threads=_int(src, "measure.threads",
+                                        data.get("threads", default.threads), 1),
+                           repeats=_int(src, "measure.repeats",
+                                        data.get("repeats", default.repeats), 1),
+                           timeout=_int(src, "measure.timeout",
+                                        data.get("timeout", default.timeout), 0))
+
+
+def _objective(src: str, data: Any, measure: MeasureSettings | None) -> str:
+    if data is None:
+        return "madds"
+    if (not isinstance(data, list) or len(data) != 2 or data[0] != "accuracy"
+            or data[1] not in OBJECTIVES):
+        raise StudyError(f"{src}: objectives: must be [accuracy, madds] or [accuracy, latency], "
+                         f"got {data!r}")
+    if data[1] == "latency" and measure is None:
+        raise StudyError(f"{src}: objectives: latency needs a measure key saying how to time it, "
+                         "e.g. measure: {device: cpu, batch: 1, threads: 1}")
+    return data[1]
 
 
 def _multifidelity(src: str, data: Any) -> MultiFidelity | None:
@@ -344,6 +396,8 @@ def result_settings(cfg: StudyConfig) -> dict[str, Any]:
         "train_limit": cfg.train_limit, "recipe": dataclasses.asdict(cfg.recipe),
         "seed": cfg.seed, "budget_madds": cfg.budget_madds,
         "multifidelity": dataclasses.asdict(cfg.multifidelity) if cfg.multifidelity else None,
+        "objective": cfg.objective,
+        "measure": dataclasses.asdict(cfg.measure) if cfg.measure else None,
         "space": {"base": space.base.to_dict(), "budget_madds": space.budget_madds,
                   "stages": [dataclasses.asdict(c) for c in space.stages],
                   "resolution": space.resolution}}))
@@ -372,4 +426,6 @@ def manifest(cfg: StudyConfig) -> dict[str, Any]:
             "baselines": dataclasses.asdict(cfg.baselines), "artifacts": cfg.artifacts,
             "multifidelity": ({**dataclasses.asdict(cfg.multifidelity),
                                "rungs": list(cfg.multifidelity.rungs)}
-                              if cfg.multifidelity else None)}
+                              if cfg.multifidelity else None),
+            "measure": dataclasses.asdict(cfg.measure) if cfg.measure else None,
+            "objective": cfg.objective}

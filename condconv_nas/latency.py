@@ -24,7 +24,7 @@ from torch import nn
 
 from .layers import CondConv2d, set_deploy_paths
 
-__all__ = ["Latency", "default_batch", "describe_device", "measure", "measure_many",
+__all__ = ["Latency", "default_batch", "describe_device", "measure", "measure_latency", "measure_many",
            "time_torchscript"]
 
 
@@ -208,6 +208,26 @@ def measure_many(models: dict[str, nn.Module], shape: tuple[int, int, int], *,
                 torch=torch.__version__, samples=len(s["one"]),
                 paths={k: v for k, v in paths.items() if v})
     return out
+
+
+def measure_latency(model: nn.Module, shape: tuple[int, int, int], *,
+                    device: str | torch.device = "cpu", batch: int = 1, threads: int | None = 1,
+                    rounds: int = 5, per_round: int = 10, warmup: int = 5) -> dict[str, float]:
+    """Inference latency of one model at `batch` on its deployment paths (what a study stores).
+
+    Returns `latency_ms` (median), `latency_ms_p10` and `latency_ms_p90` over rounds x
+    per_round timed calls after `warmup` untimed ones; the caller's model is not changed.
+    """
+    device = torch.device(device)
+    with _threads(threads if device.type == "cpu" else None):
+        r = _Runner(model, shape, batch, device, False, False, train=False)
+        call = r.forward_one if batch == 1 else r.forward_many
+        for _ in range(warmup):
+            call()
+        times = [r.timed(call) for _ in range(rounds * per_round)]
+    return {"latency_ms": statistics.median(times) * 1e3,
+            "latency_ms_p10": _percentile(times, 10) * 1e3,
+            "latency_ms_p90": _percentile(times, 90) * 1e3}
 
 
 def measure(model: nn.Module, shape: tuple[int, int, int], **kwargs: Any) -> Latency:

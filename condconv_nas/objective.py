@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import socket
 import sys
@@ -17,6 +19,7 @@ from optuna.trial import TrialState
 from ._version import __version__
 from .config import PrunerConfig, StudyConfig
 from .cost import count_cost
+from .isolation import Isolation
 from .pareto import pareto_front
 from .record import RESULT_FIELDS, TrialRecord, write_record
 from .spec import ArchSpec
@@ -65,9 +68,10 @@ class Objective:
         self.cfg, self.data, self.device, self.baseline = cfg, data, device, baseline
         self.versions = _versions()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.isolation = Isolation() if cfg.measure else None
 
     def __call__(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, float]:
-        """Train the trial's architecture; returns (validation accuracy, MAdds)."""
+        """Train the trial's architecture; returns (validation accuracy, MAdds or latency ms)."""
         import torch
 
         from .data import Split, resize
@@ -100,7 +104,7 @@ class Objective:
             trial.set_constraint("madds_over_budget", float(cost.madds - cfg.budget_madds))
             if cost.madds > cfg.budget_madds:  # constrained out before any training
                 write_record(trial, infeasible=True)
-                return 0.0, float(cost.madds)
+                return 0.0, float(cost.madds) if cfg.objective == "madds" else math.inf
         # The same architecture, seed and budget (as recorded: set only when not the recipe's).
         budget = (epochs if mf else queued.epochs, images)
         for done in feasible_done(study, queued.rung):
@@ -108,7 +112,7 @@ class Objective:
             if (record.arch_key, record.seed, (record.epochs, record.train_images)) == (key, seed, budget):
                 reused = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs}
                 write_record(trial, **reused, reused_from=done.number)
-                return float(done.values[0]), float(cost.madds)
+                return float(done.values[0]), float(done.values[1])
         if images is not None:  # the first n training images: what train_limit n would load
             data = dataclasses.replace(data, train=Split(data.train.images[:images],
                                                          data.train.labels[:images]))
@@ -125,16 +129,38 @@ class Objective:
                 return "stop"
             return None
 
-        result = fit(model, run_data, recipe, on_epoch=on_epoch)
+        guard = self.isolation.step if self.isolation else contextlib.nullcontext
+        result = fit(model, run_data, recipe, on_epoch=on_epoch, guard=guard)
         write_record(trial, curve=result.curve, seconds=result.seconds,
                      images_per_s=result.images_per_s, epochs_run=result.epochs_run)
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
+        second = float(cost.madds)
+        if cfg.measure:
+            second = self._measure(trial, model, spec)
         top = mf.top if mf else None
         if not self.baseline and queued.rung == (top or 0) and _on_front(study, result.val_acc,
                                                                        cost.madds, top):
             self._keep_weights(trial, model)
-        return result.val_acc, float(cost.madds)
+        return result.val_acc, second if cfg.objective == "latency" else float(cost.madds)
+
+    def _measure(self, trial: optuna.Trial, model: nn.Module, spec: ArchSpec) -> float:
+        """Time the trained network with the other workers on this machine paused; its ms."""
+        from .latency import describe_device, measure_latency
+        from .train import resolve_device
+
+        m = self.cfg.measure
+        assert m is not None and self.isolation is not None
+        device = resolve_device(m.device)
+        with self.isolation.exclusive(m.timeout) as isolated:
+            found = measure_latency(model, (spec.in_channels, spec.input_size, spec.input_size),
+                                    device=device, batch=m.batch, threads=m.threads,
+                                    rounds=m.repeats)
+        threads = f", {m.threads} thread(s)" if device.type == "cpu" else ""
+        write_record(trial, latency_ms=found["latency_ms"], latency_ms_p90=found["latency_ms_p90"],
+                     latency_isolated=isolated,
+                     latency_device=f"{describe_device(device)}{threads}, batch {m.batch}")
+        return found["latency_ms"]
 
     def _keep_weights(self, trial: optuna.Trial, model: nn.Module) -> None:
         """Store the trained weights as an Optuna artifact of the trial (front trials only)."""

@@ -43,6 +43,12 @@ class TrialRecord:
     seconds: float | None = None
     images_per_s: float | None = None
     epochs_run: int | None = None
+    # Measured inference latency (study key `measure`): median and 90th percentile in ms, whether
+    # other workers were paused while it was taken, and on what.
+    latency_ms: float | None = None
+    latency_ms_p90: float | None = None
+    latency_isolated: bool | None = None
+    latency_device: str = ""
     reused_from: int | None = None           # number of an identical trial whose result is reused
     weights_artifact: str = ""               # Optuna artifact id of the trained weights (fronts)
     # Who ran it and what became of it.
@@ -81,7 +87,8 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
 QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label", "confirm_of",
                 "rung", "promoted_from", "epochs", "train_images")
 # Training results, copied from an identical earlier trial when its result is reused.
-RESULT_FIELDS = ("curve", "seconds", "images_per_s", "epochs_run")
+RESULT_FIELDS = ("curve", "seconds", "images_per_s", "epochs_run", "latency_ms", "latency_ms_p90",
+                 "latency_isolated", "latency_device")
 
 
 def record_attrs(**fields: Any) -> dict[str, Any]:

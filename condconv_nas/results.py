@@ -29,7 +29,8 @@ __all__ = ["StudyNotFoundError", "StudyResults", "architecture_summary", "calibr
 COLUMNS = ["study", "family", "number", "state", "val_acc", "madds", "params", "multiplier",
            "seed", "label", "seconds", "images_per_s", "epochs_run", "feasible", "reused_from",
            "worker", "fail_reason", "weights_artifact", "confirm_of", "rung", "epochs",
-           "train_images", "arch_key", "arch", "spec"]
+           "train_images", "arch_key", "latency_ms", "latency_ms_p90", "latency_isolated", "arch",
+           "spec"]
 
 
 class StudyNotFoundError(UserError, LookupError):
@@ -132,12 +133,15 @@ def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame
             "fail_reason": r.fail_reason, "weights_artifact": r.weights_artifact,
             "confirm_of": r.confirm_of, "rung": r.rung, "epochs": r.epochs,
             "train_images": r.train_images, "arch_key": r.arch_key,
+            "latency_ms": r.latency_ms, "latency_ms_p90": r.latency_ms_p90,
+            "latency_isolated": r.latency_isolated,
             "arch": architecture_summary(r.spec),
             "spec": json.dumps(r.spec, sort_keys=True) if r.spec else "",
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("val_acc", "madds", "params", "multiplier", "seconds", "images_per_s",
-                "reused_from", "confirm_of", "epochs", "train_images"):
+                "reused_from", "confirm_of", "epochs", "train_images", "latency_ms",
+                "latency_ms_p90"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["feasible"] = df["feasible"].astype(bool)
     df["rung"] = df["rung"].astype(int)

@@ -68,7 +68,7 @@ def open_study(cfg: StudyConfig, kind: str, parent: str = "") -> optuna.Study:
     if "settings" not in study.user_attrs:
         study.set_user_attr("settings", now)
     if study.user_attrs.get("madds_convention") != CONVENTION:
-        study.set_metric_names(["val_acc", "madds"])
+        study.set_metric_names(["val_acc", "latency_ms" if cfg.objective == "latency" else "madds"])
         study.set_user_attr("madds_convention", CONVENTION)
         study.set_user_attr("kind", kind)
         study.set_user_attr("config", manifest(cfg))

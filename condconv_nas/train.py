@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -21,6 +22,10 @@ from .recipe import SCHEDULES, Recipe, RecipeError  # noqa: F401  (re-exported: 
 
 __all__ = ["FitResult", "NonFiniteLossError", "Recipe", "RecipeError", "check_batch_size", "evaluate",
            "few_steps_note", "fit", "keep_freed_memory", "resolve_device"]
+
+# A context each training and evaluation step runs in (isolation.Isolation.step in studies).
+Guard = Callable[[], contextlib.AbstractContextManager[None]]
+
 
 class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; carries where."""
@@ -127,8 +132,9 @@ def _autocast(device: torch.device, bf16: bool):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, data: Dataset, batch_size: int = 1024,
-             bf16: bool = False, channels_last: bool = False) -> float:
-    """Top-1 accuracy on a split (no augmentation)."""
+             bf16: bool = False, channels_last: bool = False,
+             guard: Guard = contextlib.nullcontext) -> float:
+    """Top-1 accuracy on a split (no augmentation); each batch runs inside `guard()`."""
     model.eval()
     device = split.images.device
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -136,15 +142,16 @@ def evaluate(model: nn.Module, split: Split, data: Dataset, batch_size: int = 10
         x = normalize(split.images[start : start + batch_size], data)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, bf16):
+        with guard(), _autocast(device, bf16):
             logits = model(x)
-        correct += (logits.argmax(1) == split.labels[start : start + batch_size]).sum()
+            correct += (logits.argmax(1) == split.labels[start : start + batch_size]).sum()
     return correct.item() / max(1, len(split))
 
 
 def fit(model: nn.Module, data: Dataset, recipe: Recipe,
         on_epoch: Callable[[int, float], str | None] | None = None,
-        eval_test: bool = False, progress: bool = False) -> FitResult:
+        eval_test: bool = False, progress: bool = False,
+        guard: Guard = contextlib.nullcontext) -> FitResult:
     """Train `model` on `data` (already on its device) with `recipe`.
 
     Args:
@@ -155,6 +162,8 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
             training there (the search's pruner uses it).
         eval_test: also measure test accuracy at the end.
         progress: show a progress bar per epoch on stderr.
+        guard: a context every training and evaluation step runs in (a study's measurements
+            pause other workers' steps through it, see isolation.py).
     """
     device = data.train.images.device
     cuda = device.type == "cuda"
@@ -199,13 +208,14 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
             y = data.train.labels[idx]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, bf16):
-                logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            with guard():
+                with _autocast(device, bf16):
+                    logits = step_model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
             loss = loss.detach()
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
             loss_sum += loss
@@ -224,7 +234,8 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
         if cuda:
             torch.cuda.synchronize(device)
         train_seconds.append(time.perf_counter() - t0)
-        val_acc = evaluate(model, data.val, data, recipe.eval_batch_size, bf16, channels_last)
+        val_acc = evaluate(model, data.val, data, recipe.eval_batch_size, bf16, channels_last,
+                           guard)
         seen = steps_per_epoch * recipe.batch_size
         result.curve.append({"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch,
                              "train_acc": correct.item() / seen, "val_acc": val_acc,
@@ -240,7 +251,7 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
 
     if eval_test and len(data.test):
         result.test_acc = evaluate(model, data.test, data, recipe.eval_batch_size, bf16,
-                                   channels_last)
+                                   channels_last, guard)
     result.seconds = time.perf_counter() - started
     # Steady-state throughput: the first epoch carries warm-up (and compilation) when there are more.
     steady = train_seconds[1:] or train_seconds

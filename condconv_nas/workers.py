@@ -232,6 +232,8 @@ def _progress_line(study: optuna.Study, t: optuna.trial.FrozenTrial, baseline: b
         reused = (f"  rung {record.rung} ({mf.rungs[record.rung]} ep"
                   + (f", from #{record.promoted_from})" if record.promoted_from is not None
                      else ")") + reused)
+    if record.latency_ms is not None:
+        acc += f"  {record.latency_ms:.2f} ms" + ("" if record.latency_isolated else " (noisy)")
     return (f"trial {t.number:4d}  {(record.madds or 0) / 1e6:8.2f}M MAdds  {acc}  "
             f"{t.state.name.lower()}{reused}  {seconds:6.1f}s  "
             f"front {front_size(study, mf.top if mf else None)}"

@@ -1,0 +1,132 @@
+"""Latency in studies: the `measure` and `objectives` keys, isolation between workers, storage."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from condconv_nas.cli import main
+from condconv_nas.config import StudyError, load_study_config
+from condconv_nas.isolation import Isolation
+from condconv_nas.record import TrialRecord
+from condconv_nas.results import load_results
+from condconv_nas.storage import open_storage
+from condconv_nas.study import run_baselines, run_search
+
+ROOT = Path(__file__).parent.parent
+MEASURE = {"device": "cpu", "batch": 1, "threads": 1, "repeats": 1}
+
+
+def _study_file(tmp_path: Path, **kw) -> Path:
+    path = tmp_path / "m.yaml"
+    data = {"name": "m", "space": str(ROOT / "search_spaces" / "tiny.yaml"),
+            "dataset": "synthetic", "train_limit": 300, "val_size": 200,
+            "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 3, "seed": 0,
+            "baselines": {"families": ["width"], "points": 2, "seeds": 1}, **kw}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("measure, objectives, needle", [
+    ({"device": "tpu"}, None, "measure.device: must be cpu or cuda"),
+    ({"batch": 0}, None, "measure.batch: must be an integer >= 1"),
+    ({"threads": "two"}, None, "measure.threads: must be an integer >= 1"),
+    ({"repeat": 3}, None, "measure: must be a mapping with keys"),
+    ("cpu", None, "measure: must be a mapping"),
+    (None, ["accuracy", "latency"], "objectives: latency needs a measure key"),
+    (MEASURE, ["accuracy", "flops"], "objectives: must be [accuracy, madds] or [accuracy, latency]"),
+    (MEASURE, "latency", "objectives: must be"),
+])
+def test_bad_measure_and_objectives_settings(tmp_path, capsys, measure, objectives, needle):
+    extra = {k: v for k, v in (("measure", measure), ("objectives", objectives)) if v is not None}
+    path = _study_file(tmp_path, **extra)
+    with pytest.raises(StudyError, match="m.yaml: " + needle.replace("[", r"\[").replace("]", r"\]")):
+        load_study_config(path)
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_measurement_waits_for_steps_in_flight_and_holds_new_ones(tmp_path):
+    trainer, measurer = Isolation(tmp_path), Isolation(tmp_path)  # two open files: two "processes"
+    steps: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def train():
+        while not stop.is_set():
+            with trainer.step():
+                start = time.monotonic()
+                time.sleep(0.01)
+                steps.append((start, time.monotonic()))
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    time.sleep(0.05)
+    with measurer.exclusive(timeout=5) as isolated:
+        held = (time.monotonic(), None)
+        time.sleep(0.1)
+        held = (held[0], time.monotonic())
+    time.sleep(0.05)
+    stop.set()
+    thread.join()
+    assert isolated
+    assert not [s for s in steps if s[0] < held[1] and s[1] > held[0]]  # no step overlapped
+    assert any(s[1] <= held[0] for s in steps) and any(s[0] >= held[1] for s in steps)
+
+
+def test_measurement_that_cannot_get_the_machine_says_so(tmp_path):
+    trainer, measurer = Isolation(tmp_path), Isolation(tmp_path)
+    with trainer.step():  # a step that outlasts the measurer's patience
+        start = time.monotonic()
+        with measurer.exclusive(timeout=0.1) as isolated:
+            assert not isolated
+        assert time.monotonic() - start >= 0.1
+    with measurer.exclusive(timeout=0.1) as isolated:
+        assert isolated
+
+
+def test_every_trained_architecture_gets_a_latency(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONDCONV_NAS_LOCK_DIR", str(tmp_path / "locks"))
+    path = _study_file(tmp_path, measure=MEASURE)
+    cfg = load_study_config(path)
+    run_search(cfg, print_fn=lambda s: None)
+    run_baselines(cfg, print_fn=lambda s: None)
+    results = load_results(open_storage(cfg.storage), cfg.name)
+    trained = results.trials[(results.trials.state == "COMPLETE") & results.trials.feasible]
+    assert set(trained.family) == {"search", "width"}
+    assert (trained.latency_ms > 0).all() and (trained.latency_ms_p90 >= trained.latency_ms).all()
+    assert trained.latency_isolated.all()
+    study = optuna.load_study(study_name="m", storage=open_storage(cfg.storage))
+    for t in study.trials:
+        r = TrialRecord.of(t.user_attrs)
+        if r.latency_ms is not None:
+            assert t.values[1] == r.madds  # the objective stays MAdds unless asked
+            assert "batch 1" in r.latency_device and "1 thread" in r.latency_device
+
+
+def test_latency_objective_searches_on_measured_ms_and_keeps_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONDCONV_NAS_LOCK_DIR", str(tmp_path / "locks"))
+    path = _study_file(tmp_path, measure=MEASURE, objectives=["accuracy", "latency"],
+                       budget_madds="5.5M")
+    cfg = load_study_config(path)
+    run_search(cfg, print_fn=lambda s: None)
+    study = optuna.load_study(study_name="m", storage=open_storage(cfg.storage))
+    seen = 0
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        r = TrialRecord.of(t.user_attrs)
+        if r.infeasible:
+            assert r.madds > 5_500_000 and t.values[1] == float("inf")
+        else:
+            assert t.values[1] == r.latency_ms and r.madds <= 5_500_000
+            seen += 1
+    assert seen >= 1
+    # Resuming the study as a MAdds study would mix objectives: refused.
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "objectives":
+                                    ["accuracy", "madds"]}))
+    with pytest.raises(Exception, match="objective"):
+        run_search(load_study_config(path), print_fn=lambda s: None)
