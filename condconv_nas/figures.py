@@ -21,7 +21,8 @@ from . import pareto
 from .record import BASELINE_FAMILIES, FAMILY_ORDER, RANDOM, SEARCH, SEARCH_FAMILIES
 from .results import StudyResults, experts_by_block
 
-__all__ = ["BaselineSeries", "COLORS", "CalibrationInfo", "ConfirmedSeries", "Curve", "EdfInfo",
+__all__ = ["BaselineSeries", "COLORS", "CalibrationInfo", "ConfirmedSeries", "CostSeries", "Curve",
+           "EdfInfo", "latency_madds_info", "latency_madds_plot",
            "HypervolumeInfo", "ImportanceInfo", "PLOT_CONFIG", "ParetoInfo", "PlacementInfo",
            "TrialSeries", "build_figures", "calibration_info", "calibration_plot",
            "confirmed_info", "edf_info", "edf_plot", "hypervolume_info", "hypervolume_plot",
@@ -50,7 +51,7 @@ class TrialSeries:
 
     family: str
     number: tuple[int, ...]
-    madds: tuple[int, ...]
+    madds: tuple[float, ...]  # or latency in ms on the latency axis
     val_acc: tuple[float, ...]
     hover: tuple[str, ...]
 
@@ -61,7 +62,7 @@ class BaselineSeries:
 
     family: str
     multiplier: tuple[float, ...]
-    madds: tuple[int, ...]
+    madds: tuple[float, ...]
     val_acc: tuple[float, ...]
     acc_std: tuple[float, ...]  # 0 where a point has one seed
     seeds: tuple[int, ...]
@@ -90,6 +91,11 @@ class ParetoInfo:
     baselines: tuple[BaselineSeries, ...]
     budget: float | None
     confirmed: tuple[ConfirmedSeries, ...] = ()
+    axis: str = "madds"  # or "latency": the cost column holds measured ms (pareto.latency_axis)
+
+
+def _cost(value: float, axis: str) -> str:
+    return f"{value:.3f} ms" if axis == "latency" else f"{value / 1e6:.2f}M MAdds"
 
 
 def confirmed_info(front_status: dict[str, list[dict]]) -> tuple[ConfirmedSeries, ...]:
@@ -106,17 +112,21 @@ def confirmed_info(front_status: dict[str, list[dict]]) -> tuple[ConfirmedSeries
 
 
 def pareto_info(done: pd.DataFrame, budget: float | None = None,
-                front_status: dict[str, list[dict]] | None = None) -> ParetoInfo:
-    """Every search trial and each search family's front, and each baseline's seed-mean curve."""
+                front_status: dict[str, list[dict]] | None = None,
+                axis: str = "madds") -> ParetoInfo:
+    """Every search trial and each search family's front, and each baseline's seed-mean curve.
+
+    With `axis` "latency", `done` comes from pareto.latency_axis: its cost column is in ms.
+    """
     trials: list[TrialSeries] = []
     fronts: list[TrialSeries] = []
     for family in _ordered(done.family, SEARCH_FAMILIES):
         sub = done[done.family == family]
         for out, df in ((trials, sub), (fronts, pareto.front(sub))):
             text = (f"#{int(r.number)} {html.escape(str(r.label or r.family))}<br>val acc {r.val_acc:.4f}"
-                    f"<br>{r.madds / 1e6:.2f}M MAdds, {(r.params or 0) / 1e6:.2f}M params"
+                    f"<br>{_cost(r.madds, axis)}, {(r.params or 0) / 1e6:.2f}M params"
                     f"<br>{html.escape(str(r.arch))}" for r in df.itertuples())
-            out.append(TrialSeries(family, tuple(map(int, df.number)), tuple(map(int, df.madds)),
+            out.append(TrialSeries(family, tuple(map(int, df.number)), tuple(map(float, df.madds)),
                                    tuple(map(float, df.val_acc)), tuple(text)))
     baselines: list[BaselineSeries] = []
     for family in _ordered(done.family, BASELINE_FAMILIES):
@@ -124,14 +134,14 @@ def pareto_info(done: pd.DataFrame, budget: float | None = None,
         means = pareto.seed_means(sub).sort_values("madds").fillna({"acc_std": 0.0})
         labels = sub.drop_duplicates("multiplier").set_index("multiplier").label
         hover = tuple(f"{html.escape(str(labels.get(r.multiplier, '')))}<br>val acc {r.val_acc:.4f} ± "
-                      f"{r.acc_std:.4f} ({r.seeds} seeds)<br>{r.madds / 1e6:.2f}M MAdds"
+                      f"{r.acc_std:.4f} ({r.seeds} seeds)<br>{_cost(r.madds, axis)}"
                       for r in means.itertuples())
         baselines.append(BaselineSeries(family, tuple(map(float, means.multiplier)),
-                                        tuple(map(int, means.madds)), tuple(map(float, means.val_acc)),
+                                        tuple(map(float, means.madds)), tuple(map(float, means.val_acc)),
                                         tuple(map(float, means.acc_std)), tuple(map(int, means.seeds)),
                                         hover))
     return ParetoInfo(tuple(trials), tuple(fronts), tuple(baselines), budget,
-                      confirmed_info(front_status or {}))
+                      confirmed_info(front_status or {}), axis)
 
 
 def pareto_plot(info: ParetoInfo) -> go.Figure:
@@ -168,12 +178,50 @@ def pareto_plot(info: ParetoInfo) -> go.Figure:
                                  name=f"baseline: {b.family}", hovertext=b.hover, hoverinfo="text",
                                  line={"color": _color(b.family), "dash": "dot"},
                                  error_y={"type": "data", "array": np.asarray(b.acc_std), "visible": True}))
-    if info.budget:
+    if info.budget and info.axis == "madds":
         fig.add_vline(x=info.budget, line={"color": "#444", "dash": "dash", "width": 1},
                       annotation_text="budget", annotation_position="top left")
-    fig.update_layout(title="Validation accuracy against MAdds", xaxis_type="log",
-                      xaxis_title="MAdds per image (log)", yaxis_title="validation accuracy",
-                      hovermode="closest", height=560)
+    latency = info.axis == "latency"
+    fig.update_layout(title="Validation accuracy against " + ("measured latency" if latency
+                                                              else "MAdds"),
+                      xaxis_type="log", xaxis_title=("latency, ms (log)" if latency
+                                                     else "MAdds per image (log)"),
+                      yaxis_title="validation accuracy", hovermode="closest", height=560)
+    return fig
+
+
+@dataclass(frozen=True)
+class CostSeries:
+    """One family's architectures: counted MAdds against measured latency (median over seeds)."""
+
+    family: str
+    madds: tuple[float, ...]
+    latency_ms: tuple[float, ...]
+    hover: tuple[str, ...]
+
+
+def latency_madds_info(done_latency: pd.DataFrame) -> tuple[CostSeries, ...]:
+    """Per family, each measured architecture once (frames from pareto.latency_axis)."""
+    out = []
+    for family in _ordered(done_latency.family, FAMILY_ORDER):
+        sub = done_latency[done_latency.family == family]
+        sub = sub.drop_duplicates(subset=["madds_count", "madds"]).sort_values("madds_count")
+        out.append(CostSeries(family, tuple(map(float, sub.madds_count)), tuple(map(float, sub.madds)),
+                              tuple(f"{html.escape(str(r.label or r.arch))}<br>{r.madds_count / 1e6:.2f}M "
+                                    f"MAdds, {r.madds:.3f} ms" for r in sub.itertuples())))
+    return tuple(out)
+
+
+def latency_madds_plot(info: tuple[CostSeries, ...]) -> go.Figure:
+    """Measured latency against counted MAdds (log-log), one colour per family."""
+    fig = go.Figure()
+    for c in info:
+        fig.add_trace(go.Scatter(x=np.asarray(c.madds), y=np.asarray(c.latency_ms), mode="markers",
+                                 name=FAMILY_LABELS.get(c.family, c.family), hovertext=c.hover,
+                                 hoverinfo="text", marker={"color": _color(c.family), "size": 8}))
+    fig.update_layout(title="Measured latency against MAdds", xaxis_type="log", yaxis_type="log",
+                      xaxis_title="MAdds per image (log)", yaxis_title="latency, ms (log)",
+                      hovermode="closest", height=460)
     return fig
 
 
@@ -356,11 +404,12 @@ def calibration_plot(info: CalibrationInfo) -> go.Figure:
     return fig
 
 
-def build_figures(results: StudyResults, front_status: dict[str, list[dict]] | None = None
-                  ) -> dict[str, go.Figure]:
+def build_figures(results: StudyResults, front_status: dict[str, list[dict]] | None = None,
+                  latency_status: dict[str, list[dict]] | None = None) -> dict[str, go.Figure]:
     """Every figure of the report, keyed by section id (placement/importance only when they exist).
 
-    `front_status` (claims.study_headline's "front") adds the confirmed means to the Pareto plot.
+    `front_status` (claims.study_headline's "front") adds the confirmed means to the Pareto plot;
+    `latency_status` does so on the latency axis (shown when latency was measured).
     """
     done = results.finished
     figs = {"pareto": pareto_plot(pareto_info(done, results.manifest.get("budget_madds"),
@@ -371,6 +420,10 @@ def build_figures(results: StudyResults, front_status: dict[str, list[dict]] | N
     if results.importances:
         figs["importance"] = importance_plot(importance_info(results.importances))
     figs["edf"] = edf_plot(edf_info(done))
+    timed = pareto.latency_axis(done)
+    if not timed.empty:
+        figs["latency"] = pareto_plot(pareto_info(timed, None, latency_status, "latency"))
+        figs["latency_madds"] = latency_madds_plot(latency_madds_info(timed))
     if results.calibration and any(b["tau"] == b["tau"] for b in results.calibration["budgets"]):
         figs["calibration"] = calibration_plot(calibration_info(results.calibration))
     return figs

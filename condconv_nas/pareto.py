@@ -17,7 +17,7 @@ import pandas as pd
 
 from .record import FAMILY_ORDER, SEARCH
 
-__all__ = ["Normalisation", "front", "gain_at_matched_madds", "hypervolume",
+__all__ = ["Normalisation", "front", "latency_axis", "gain_at_matched_madds", "hypervolume",
            "hypervolume_history", "kendall_tau", "madds_saved_at_matched_accuracy", "normalisation",
            "pareto_front", "power_law_fit", "seed_means", "summary"]
 
@@ -52,6 +52,22 @@ def front(df: pd.DataFrame, acc: str = "val_acc", madds: str = "madds") -> pd.Da
     unique = df.drop_duplicates(subset=[acc, madds])
     idx = pareto_front(list(zip(unique[acc].astype(float), unique[madds].astype(float))))
     return unique.iloc[idx].reset_index(drop=True)
+
+
+def latency_axis(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a measured latency, their `madds` column replaced by it (ms).
+
+    Latency is a property of the architecture, not of a training seed: every row of one
+    architecture gets the median of its measurements, so the seeds of a baseline point or of a
+    confirmation share one cost. The true count stays in `madds_count`. Every front, matched
+    comparison and claim of this module and claims.py then reads on measured latency.
+    """
+    if "latency_ms" not in df or df.empty:
+        return df.iloc[0:0].assign(madds_count=df.get("madds"))
+    have = df[df.latency_ms.notna() & (df.latency_ms > 0)]
+    key = have.arch_key.where(have.arch_key.astype(bool), have.number.astype(str))
+    typical = have.groupby(key).latency_ms.transform("median")
+    return have.assign(madds_count=have.madds, madds=typical)
 
 
 def seed_means(df: pd.DataFrame) -> pd.DataFrame:

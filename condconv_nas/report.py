@@ -23,7 +23,8 @@ from .figures import FAMILY_LABELS, PLOT_CONFIG, build_figures
 from .record import RANDOM, SEARCH, SEARCH_FAMILIES
 from .results import StudyResults
 
-__all__ = ["ReportError", "build_figures", "headline_json", "render_html", "write_report"]
+__all__ = ["ReportError", "axes_agree", "build_figures", "headline_json", "latency_headline",
+           "render_html", "write_report"]
 
 
 class ReportError(UserError):
@@ -93,11 +94,11 @@ def _verdict(claim: dict) -> str:
     return "significant gain" if claim["gain_mean"] > 0 else "significant loss"
 
 
-def _claims(head: dict) -> str:
+def _claims(head: dict, cost: str = "MAdds", table_id: str = "headline") -> str:
     """The tested claims: confirmed mean gain over each family with its 95% CI and Holm p."""
     cols = ("<tr><th class=l>front</th><th class=l>against</th><th>confirmed points compared</th>"
-            "<th>mean gain at matched MAdds</th><th>95% CI</th><th>p (Holm)</th>"
-            "<th class=l>verdict</th><th>MAdds saved at matched accuracy (median)</th>"
+            f"<th>mean gain at matched {cost}</th><th>95% CI</th><th>p (Holm)</th>"
+            f"<th class=l>verdict</th><th>{cost} saved at matched accuracy (median)</th>"
             "<th>seeds</th></tr>")
     rows = []
     for source, claims in head["sources"].items():
@@ -110,15 +111,60 @@ def _claims(head: dict) -> str:
                         f"<td>{_fmt(c['p_holm'])}</td><td class=l>{_verdict(c)}</td>"
                         f"<td>{_fmt(c['madds_saved_median'], 'share')}</td>"
                         f"<td>{','.join(map(str, c['seeds'])) or '–'}</td></tr>")
-    return f"<table id=headline>{cols}{''.join(rows)}</table>"
+    return f"<table id={table_id}>{cols}{''.join(rows)}</table>"
+
+
+def latency_headline(results: StudyResults) -> dict | None:
+    """The same claims with measured latency as the cost (None when nothing was measured)."""
+    timed = pareto.latency_axis(results.finished)
+    if timed.empty:
+        return None
+    return study_headline(timed, pareto.latency_axis(results.confirmed))
+
+
+def axes_agree(head: dict, latency: dict) -> tuple[bool, list[str]]:
+    """Whether every (front, family) verdict is the same at matched MAdds and matched latency."""
+    changed = []
+    for source, claims in head["sources"].items():
+        for family, c in claims.items():
+            other = latency["sources"].get(source, {}).get(family)
+            if other is not None and _verdict(c) != _verdict(other):
+                changed.append(f"{FAMILY_LABELS.get(source, source)} against {family}: "
+                               f"{_verdict(c)} at matched MAdds, {_verdict(other)} at matched "
+                               "latency")
+    return not changed, changed
+
+
+def _latency_section(head: dict, latency: dict | None, figures: dict[str, str]) -> str:
+    """Accuracy against measured latency: the figure, its claims and whether the axes agree."""
+    if latency is None:
+        return ""
+    same, changed = axes_agree(head, latency)
+    verdict = ("<b>The conclusion is the same on both axes.</b>" if same else
+               "<b>The conclusion changes with the axis:</b> " + html.escape("; ".join(changed))
+               + ".")
+    return (f"<h2 id=latency>Accuracy against measured latency</h2><p>{verdict}</p>"
+            f"{figures.get('latency', '')}{_claims(latency, 'latency', 'latency-headline')}"
+            "<p class=muted>The same protocol as the headline with each architecture's measured "
+            "inference latency (the median over its runs, see the manifest's measure settings) "
+            "in place of MAdds: fronts, confirmed means, interpolation on log-latency, Welch "
+            "tests and Holm over this table.</p>"
+            f"<h2 id=latency_madds>Measured latency against MAdds</h2>"
+            f"{figures.get('latency_madds', '')}<p class=muted>Where a family's points leave the "
+            "others' trend, its cost in MAdds and in milliseconds part ways.</p>")
 
 
 def headline_json(results: StudyResults, head: dict) -> dict[str, Any]:
     """The headline as data (`report --json`): per family the search's tested claim, the control's,
     whether the front is confirmed, and the proxy-fidelity verdict."""
     fid = results.fidelity or {}
+    latency = latency_headline(results)
     return {"confirmed": head["confirmed"], "headline": head["sources"].get(SEARCH, {}),
             "control": head["sources"].get(RANDOM, {}), "front": head["front"],
+            "latency": None if latency is None else {
+                "headline": latency["sources"].get(SEARCH, {}),
+                "control": latency["sources"].get(RANDOM, {}),
+                "same_conclusion": axes_agree(head, latency)[0]},
             "fidelity": {k: fid.get(k) for k in ("tau", "p_value", "n", "epochs", "verdict",
                                                  "tau_madds", "tau_params")} if fid else None}
 
@@ -167,7 +213,8 @@ def _calibration(summary: dict | None) -> str:
 def _trial_table(trials: pd.DataFrame) -> str:
     cols = [("number", "#"), ("family", "family"), ("label", "point"), ("seed", "seed"),
             ("state", "state"), ("val_acc", "val acc"), ("madds", "MAdds"), ("params", "params"),
-            ("seconds", "s"), ("arch", "architecture"), ("fail_reason", "note")]
+            ("seconds", "s"), ("latency_ms", "latency ms"), ("arch", "architecture"),
+            ("fail_reason", "note")]
     left = ("family", "label", "state", "arch", "fail_reason")  # text columns, aligned left
     head = "".join(f"<th class=l>{t}</th>" if c in left else f"<th>{t}</th>" for c, t in cols)
     rows = []
@@ -189,13 +236,14 @@ def _trial_table(trials: pd.DataFrame) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def render_html(results: StudyResults, figures: dict[str, go.Figure], head: dict | None = None
-                ) -> str:
+def render_html(results: StudyResults, figures: dict[str, go.Figure], head: dict | None = None,
+                latency: dict | None = None) -> str:
     """The whole page as one string: plotly.js once in the head, then each figure as a div."""
     from plotly.offline import get_plotlyjs
 
     done = results.finished
     head = head or study_headline(done, results.confirmed)
+    latency = latency or latency_headline(results)
     families = set(done.family)
     notes = []
     if not head["confirmed"]:
@@ -225,10 +273,15 @@ def render_html(results: StudyResults, figures: dict[str, go.Figure], head: dict
                 "placement": "Where CondConv went", "importance": "What mattered",
                 "edf": "Error distributions", "calibration": "Proxy calibration"}
     extra = {"calibration": _calibration(results.calibration)}
-    body = []
+    body, divs = [], {}
     for key, fig in figures.items():
-        div = fig.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG, div_id=f"fig-{key}")
-        body.append(f"<h2 id={key}>{sections.get(key, key)}</h2>{div}{extra.get(key, '')}")
+        divs[key] = fig.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG,
+                                div_id=f"fig-{key}")
+        if key in ("latency", "latency_madds"):
+            continue  # in their own section, with their claims
+        body.append(f"<h2 id={key}>{sections.get(key, key)}</h2>{divs[key]}{extra.get(key, '')}")
+    if latency is not None:
+        body.insert(1, _latency_section(head, latency, divs))
     manifest = json.dumps(results.manifest, indent=2, sort_keys=True, default=str)
     title = f"condconv-nas report: {html.escape(results.name)}"
     return f"""<!DOCTYPE html>
@@ -278,7 +331,9 @@ def write_report(results: StudyResults, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     head = study_headline(results.finished, results.confirmed)
-    page = render_html(results, build_figures(results, head["front"]), head)
+    latency = latency_headline(results)
+    page = render_html(results, build_figures(results, head["front"],
+                                              latency["front"] if latency else None), head, latency)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)  # a reader never sees half a page

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 
+from condconv_nas.claims import study_headline
 from condconv_nas.cli import main
 from condconv_nas.config import StudyError, load_study_config
 from condconv_nas.isolation import Isolation
+from condconv_nas.pareto import latency_axis
 from condconv_nas.record import TrialRecord
+from condconv_nas.report import axes_agree
 from condconv_nas.results import load_results
 from condconv_nas.storage import open_storage
 from condconv_nas.study import run_baselines, run_search
@@ -130,3 +136,65 @@ def test_latency_objective_searches_on_measured_ms_and_keeps_the_budget(tmp_path
                                     ["accuracy", "madds"]}))
     with pytest.raises(Exception, match="objective"):
         run_search(load_study_config(path), print_fn=lambda s: None)
+
+
+def _frames():
+    """Width baselines whose ms follow MAdds, and a confirmed search point that is cheap in MAdds
+    (2M, where the baseline reaches 0.85) but slow (4 ms, where the baseline reaches 0.90)."""
+    rows, number = [], 0
+    for mult, madds, ms, acc in ((0.5, 1e6, 1.0, 0.80), (1.0, 2e6, 2.0, 0.85), (2.0, 4e6, 4.0, 0.90)):
+        for seed, noise in enumerate((-0.002, 0.0, 0.002)):
+            rows.append({"family": "width", "number": number, "val_acc": acc + noise,
+                         "madds": madds, "multiplier": mult, "seed": seed, "arch_key": f"w{mult}",
+                         "latency_ms": ms + 0.01 * seed, "confirm_of": None})
+            number += 1
+    rows.append({"family": "search", "number": 100, "val_acc": 0.885, "madds": 2e6,
+                 "multiplier": None, "seed": 0, "arch_key": "s", "latency_ms": 4.0,
+                 "confirm_of": None})
+    finished = pd.DataFrame(rows)
+    confirmed = pd.DataFrame([{"family": "search", "number": 200 + i, "val_acc": 0.88 + d,
+                               "madds": 2e6, "multiplier": None, "seed": i + 1, "arch_key": "s",
+                               "latency_ms": 4.0 + 0.02 * i, "confirm_of": 100}
+                              for i, d in enumerate((-0.002, 0.0, 0.002))])
+    return finished, confirmed
+
+
+def test_latency_axis_takes_each_architectures_median_and_keeps_the_count():
+    finished, _ = _frames()
+    timed = latency_axis(finished)
+    assert list(timed.madds_count) == list(finished.madds)
+    assert set(timed[timed.arch_key == "w1.0"].madds) == {2.01}  # median of 2.00, 2.01, 2.02
+    assert latency_axis(finished.assign(latency_ms=math.nan)).empty
+
+
+def test_a_gain_at_matched_madds_can_be_a_loss_at_matched_latency():
+    finished, confirmed = _frames()
+    head = study_headline(finished, confirmed)
+    latency = study_headline(latency_axis(finished), latency_axis(confirmed))
+    on_madds, on_ms = head["sources"]["search"]["width"], latency["sources"]["search"]["width"]
+    assert on_madds["gain_mean"] == pytest.approx(0.88 - 0.85, abs=1e-9)
+    # At 4.01 ms (the search point's median) the width curve is 4.01 ms's point: 0.90.
+    assert on_ms["gain_mean"] == pytest.approx(0.88 - 0.90, abs=1e-3)
+    assert on_madds["significant"] and on_ms["significant"]
+    same, changed = axes_agree(head, latency)
+    assert not same and "significant gain at matched MAdds, significant loss at matched latency" \
+        in changed[0]
+    assert axes_agree(head, head) == (True, [])
+
+
+def test_report_of_a_measured_study_has_the_latency_view(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONDCONV_NAS_LOCK_DIR", str(tmp_path / "locks"))
+    path = _study_file(tmp_path, measure=MEASURE, confirm={"seeds": 2})
+    cfg = load_study_config(path)
+    run_search(cfg, print_fn=lambda s: None)
+    run_baselines(cfg, print_fn=lambda s: None)
+    out = tmp_path / "r.html"
+    assert main(["report", str(path), "-o", str(out)]) == 0
+    page = out.read_text()
+    for needle in ("Accuracy against measured latency", "id=latency-headline",
+                   "Measured latency against MAdds", "fig-latency_madds", "latency ms"):
+        assert needle in page, needle
+    capsys.readouterr()
+    assert main(["report", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert isinstance(record["latency"]["same_conclusion"], bool)
