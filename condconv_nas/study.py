@@ -231,17 +231,23 @@ def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> di
 
     Runs go to the sibling study `X.confirm`, seed indices 1..N (the search trained each with
     index 0), so the selection that put a point on the front cannot inflate its confirmed mean.
+    When latency was measured, the front on measured latency is confirmed too (the report makes
+    the same claims on that axis).
     """
-    from .pareto import front
+    from .pareto import front, latency_axis
     from .record import SEARCH_FAMILIES
     from .results import load_results
 
     ccfg = confirm_study_config(resolve_workers(cfg))
     results = load_results(open_storage(cfg.storage, create=False), cfg.name, cfg.storage)
     done = results.finished
-    points = []
+    points, seen = [], set()
     for source in SEARCH_FAMILIES:
-        for r in front(done[done.family == source]).itertuples():
+        sub = done[done.family == source]
+        for r in [*front(sub).itertuples(), *front(latency_axis(sub)).itertuples()]:
+            if (source, int(r.number)) in seen:
+                continue
+            seen.add((source, int(r.number)))
             points.append({"baseline_spec": json.loads(r.spec), "family": source,
                            "confirm_of": int(r.number), "baseline_label": f"{source} #{r.number}"})
     if not points:

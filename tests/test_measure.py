@@ -17,12 +17,12 @@ from condconv_nas.claims import study_headline
 from condconv_nas.cli import main
 from condconv_nas.config import StudyError, load_study_config
 from condconv_nas.isolation import Isolation
-from condconv_nas.pareto import latency_axis
+from condconv_nas.pareto import front, latency_axis
 from condconv_nas.record import TrialRecord
 from condconv_nas.report import axes_agree
 from condconv_nas.results import load_results
 from condconv_nas.storage import open_storage
-from condconv_nas.study import run_baselines, run_search
+from condconv_nas.study import run_baselines, run_confirm, run_search
 
 ROOT = Path(__file__).parent.parent
 MEASURE = {"device": "cpu", "batch": 1, "threads": 1, "repeats": 1}
@@ -188,6 +188,12 @@ def test_report_of_a_measured_study_has_the_latency_view(tmp_path, monkeypatch, 
     cfg = load_study_config(path)
     run_search(cfg, print_fn=lambda s: None)
     run_baselines(cfg, print_fn=lambda s: None)
+    run_confirm(cfg, print_fn=lambda s: None)
+    results = load_results(open_storage(cfg.storage), cfg.name)
+    search = results.finished[results.finished.family == "search"]
+    fronts = set(front(search).number) | set(front(latency_axis(search)).number)
+    assert set(results.confirmed.confirm_of.astype(int)) == fronts  # both axes' fronts confirmed
+    assert (latency_axis(results.confirmed).madds > 0).all()
     out = tmp_path / "r.html"
     assert main(["report", str(path), "-o", str(out)]) == 0
     page = out.read_text()
