@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check the project has, in one run; figures land in $OUT (device tool) or bench/results.
-# Usage: bash bench/gpu_check.sh [SECTION ...]   (default: all of tests layer train fmnist search)
+# Usage: bash bench/gpu_check.sh [SECTION ...]
+#   (default: all of tests layer paths latency train fmnist search)
 # On a GPU machine without optuna/ptflops/plotly, carry them as wheels in .whl/ (see README);
 # Fashion-MNIST is read from .fmnist/ when present (else $CONDCONV_NAS_DATA / Debian's folder).
 set -uo pipefail
@@ -13,12 +14,12 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 data=(); [ -d .fmnist ] && data=(--data-dir .fmnist)
-sections=("$@"); [ ${#sections[@]} -eq 0 ] && sections=(tests layer train fmnist search)
+sections=("$@"); [ ${#sections[@]} -eq 0 ] && sections=(tests layer paths latency train fmnist search)
 
 tests() {
-  echo "== tests on CUDA (layer exactness in float64 on cuda and cpu, model, train)"
+  echo "== tests on CUDA (layer exactness in float64 on cuda and cpu, model, train, path tuner)"
   python3 -m pytest -q -p no:cacheprovider tests/test_layers.py tests/test_train.py \
-    tests/test_model.py 2>&1 | tail -1
+    tests/test_model.py tests/test_pathtune.py tests/test_latency.py 2>&1 | tail -1
 }
 layer() {
   for dt in fp32 bf16; do
@@ -26,6 +27,18 @@ layer() {
     python3 bench/condconv_layer.py --device cuda --min-time 0.1 $([ $dt = bf16 ] && echo --bf16) \
       --json "$out/condconv_layer_cuda_$dt.json"
   done
+}
+paths() {
+  echo "== CondConv path autotuner vs the fastest path, 32 shapes outside the presets"
+  python3 bench/path_choice.py --device cuda --min-time 0.1 --json "$out/path_choice_cuda.json" \
+    | tail -1
+}
+latency() {
+  echo "== latency command on the GPU: 8-expert EfficientNet-B0 beside its static twin"
+  python3 -m condconv_nas.cli latency --preset condconv_efficientnet_b0_8e --device cuda --json \
+    > "$out/latency_cuda_b0_8e.json" && tail -c 600 "$out/latency_cuda_b0_8e.json"
+  python3 -m condconv_nas.cli latency --preset condconv_efficientnet_b0_8e_proxy32 --device cuda \
+    --bf16 --channels-last | tail -6
 }
 train() {
   echo "== training throughput, eager"
