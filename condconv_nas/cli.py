@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _study_parser(sub, "search", help="run or resume a search study")
     p.add_argument("--trials", type=int, metavar="N", help="total trials of the study")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
+    p.add_argument("--workers-per-gpu", type=int, metavar="N",
+                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.add_argument("--sampler", choices=SAMPLERS, help="default: the study file's (tpe)")
     p.add_argument("--control", action="store_true",
                    help="run the random-sampler control into the sibling study X.random")
@@ -116,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "shared storage (e.g. postgresql://...): claim trials until its budget is "
                        "used; on databases a heartbeat lets others retry a trial whose worker dies.")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine")
+    p.add_argument("--workers-per-gpu", type=int, metavar="N",
+                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.add_argument("--trials", type=int, metavar="N", help="total trials of the study")
     joins = p.add_mutually_exclusive_group()
     joins.add_argument("--baselines", action="store_true", help="join X.baseline instead of X")
@@ -131,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, metavar="N",
                    help="fresh seeds per architecture (default: the study file's confirm.seeds, 3)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
+    p.add_argument("--workers-per-gpu", type=int, metavar="N",
+                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.set_defaults(func=cmd_confirm)
 
     p = _study_parser(sub, "calibrate", help="how long must the proxy train? (Kendall tau per "
@@ -144,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archs", type=int, metavar="K",
                    help="architectures to train (default: the study file's calibration.archs, 10)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
+    p.add_argument("--workers-per-gpu", type=int, metavar="N",
+                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_calibrate)
 
@@ -159,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, metavar="N",
                    help="seeds per point (default: the study file's, else 3)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
+    p.add_argument("--workers-per-gpu", type=int, metavar="N",
+                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.set_defaults(func=cmd_baselines)
 
     p = _study_parser(sub, "report", help="write the Pareto report (HTML + CSV) of a study")

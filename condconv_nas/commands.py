@@ -221,8 +221,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.control and args.sampler:
         raise UsageError("--control always uses the random sampler; drop --sampler")
-    _positive(args, "trials", "workers")
+    _positive(args, "trials", "workers", "workers_per_gpu")
     cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
+                         workers_per_gpu=args.workers_per_gpu,
                          storage=args.storage, sampler=args.sampler)
     if args.control:
         cfg = control_study_config(cfg)
@@ -233,8 +234,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Join a running study (search, its baselines or its confirmation) from this machine."""
     from .study import join_study, load_study_config, with_overrides
 
-    _positive(args, "trials", "workers")
+    _positive(args, "trials", "workers", "workers_per_gpu")
     cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
+                         workers_per_gpu=args.workers_per_gpu,
                          storage=args.storage)
     return _run_interruptible(lambda: join_study(cfg, print_fn=lambda s: print(s, flush=True),
                                                  baseline=args.baselines,
@@ -248,8 +250,9 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
     from .study import load_study_config, run_confirm, with_overrides
 
-    _positive(args, "seeds", "workers")
-    cfg = with_overrides(load_study_config(args.study), workers=args.workers, storage=args.storage)
+    _positive(args, "seeds", "workers", "workers_per_gpu")
+    cfg = with_overrides(load_study_config(args.study), workers=args.workers,
+                         workers_per_gpu=args.workers_per_gpu, storage=args.storage)
     if args.seeds is not None:
         if args.seeds < 2:
             raise UsageError(f"--seeds: must be >= 2 (a mean needs its spread), got {args.seeds}")
@@ -262,10 +265,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import study_lines
     from .study import load_study_config, run_calibrate, with_overrides
 
-    _positive(args, "workers")
+    _positive(args, "workers", "workers_per_gpu")
     if args.archs is not None and args.archs < 4:
         raise UsageError(f"--archs: must be >= 4 (a rank correlation needs them), got {args.archs}")
-    cfg = with_overrides(load_study_config(args.study), workers=args.workers, storage=args.storage)
+    cfg = with_overrides(load_study_config(args.study), workers=args.workers,
+                         workers_per_gpu=args.workers_per_gpu, storage=args.storage)
     out: dict[str, Any] = {}
 
     def run() -> None:
@@ -316,8 +320,9 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from .baselines import FAMILIES
     from .study import load_study_config, run_baselines, with_overrides
 
-    _positive(args, "points", "seeds", "workers")
-    cfg = with_overrides(load_study_config(args.study), workers=args.workers, storage=args.storage)
+    _positive(args, "points", "seeds", "workers", "workers_per_gpu")
+    cfg = with_overrides(load_study_config(args.study), workers=args.workers,
+                         workers_per_gpu=args.workers_per_gpu, storage=args.storage)
     changes = {"points": args.points, "seeds": args.seeds}
     if args.families:
         families = tuple(f.strip() for f in args.families.split(",") if f.strip())

@@ -15,7 +15,7 @@ from .baselines import FAMILIES
 from .calibration import Calibration
 from .errors import UserError
 from .multifidelity import MultiFidelity
-from .recipe import Recipe, RecipeError
+from .recipe import EXECUTION_FIELDS, Recipe, RecipeError
 from .space import SearchSpace, load_space, parse_count, read_yaml
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a tria
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
          "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
          "artifacts", "heartbeat", "confirm", "multifidelity", "calibration", "measure",
-         "objectives"}
+         "objectives", "workers_per_gpu"}
 OBJECTIVES = ("madds", "latency")  # the cost axis searched against accuracy
 
 
@@ -82,7 +82,8 @@ class StudyConfig:
     sampler: str = "tpe"
     seed: int = 0
     storage: str = ""
-    workers: int = 0  # 0: one per visible GPU (device auto/cuda), else 1
+    workers: int = 0  # 0: workers_per_gpu on each visible GPU (device auto/cuda), else 1
+    workers_per_gpu: int = 1  # launch-bound proxies: several trials share a GPU
     budget_madds: int = 0
     device: str = "auto"
     data_dir: str | None = None
@@ -226,6 +227,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         trials=_int(src, "trials", data["trials"], 1), sampler=sampler,
         seed=_int(src, "seed", data.get("seed", 0), 0), storage=storage,
         workers=0 if data.get("workers") is None else _int(src, "workers", data["workers"], 1),
+        workers_per_gpu=_int(src, "workers_per_gpu", data.get("workers_per_gpu", 1), 1),
         budget_madds=budget,
         device=device, data_dir=str(_relative(path, data_dir)) if data_dir else None,
         val_size=None if data.get("val_size") is None else _int(src, "val_size", data["val_size"], 1),
@@ -410,7 +412,8 @@ def settings_differ(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
         if key not in now:
             continue
         if key == "recipe" and isinstance(value, dict):
-            out += [f"recipe.{k}" for k, v in value.items() if k in now[key] and now[key][k] != v]
+            out += [f"recipe.{k}" for k, v in value.items()
+                    if k in now[key] and now[key][k] != v and k not in EXECUTION_FIELDS]
         elif now[key] != value:
             out.append(key)
     return out

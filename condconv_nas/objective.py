@@ -132,7 +132,10 @@ class Objective:
         guard = self.isolation.step if self.isolation else contextlib.nullcontext
         result = fit(model, run_data, recipe, on_epoch=on_epoch, guard=guard)
         write_record(trial, curve=result.curve, seconds=result.seconds,
-                     images_per_s=result.images_per_s, epochs_run=result.epochs_run)
+                     images_per_s=result.images_per_s, epochs_run=result.epochs_run,
+                     **({"compile_seconds": round(result.compile_seconds, 3)}
+                        if result.compile_seconds is not None else {}),
+                     **({"compile_note": result.compile_note} if result.compile_note else {}))
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
         second = float(cost.madds)

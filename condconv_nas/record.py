@@ -43,6 +43,8 @@ class TrialRecord:
     seconds: float | None = None
     images_per_s: float | None = None
     epochs_run: int | None = None
+    compile_seconds: float | None = None     # torch.compile's share of `seconds` (first step)
+    compile_note: str = ""                   # a compile failure the trial survived by going eager
     # Measured inference latency (study key `measure`): median and 90th percentile in ms, whether
     # other workers were paused while it was taken, and on what.
     latency_ms: float | None = None
@@ -87,8 +89,8 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
 QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label", "confirm_of",
                 "rung", "promoted_from", "epochs", "train_images")
 # Training results, copied from an identical earlier trial when its result is reused.
-RESULT_FIELDS = ("curve", "seconds", "images_per_s", "epochs_run", "latency_ms", "latency_ms_p90",
-                 "latency_isolated", "latency_device")
+RESULT_FIELDS = ("curve", "seconds", "images_per_s", "epochs_run", "compile_seconds", "compile_note",
+                 "latency_ms", "latency_ms_p90", "latency_isolated", "latency_device")
 
 
 def record_attrs(**fields: Any) -> dict[str, Any]:

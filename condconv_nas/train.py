@@ -49,6 +49,9 @@ class FitResult:
     epochs_run: int = 0
     stopped_early: bool = False
     device: str = "cpu"
+    compile_mode: str | None = None   # the torch.compile mode trained with (None: eager)
+    compile_seconds: float | None = None  # the first step's time beyond a steady step's
+    compile_note: str = ""            # why a compiled step fell back to eager
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -181,7 +184,8 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
     model.to(device)
     if channels_last:
         _to_channels_last(model)
-    step_model = torch.compile(model) if recipe.compile else model
+    mode = recipe.compile_mode(device.type)
+    step_model = torch.compile(model, mode=None if mode == "default" else mode) if mode else model
     opt = torch.optim.SGD(_param_groups(model, recipe.weight_decay), lr=recipe.lr,
                           momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0)
     steps_per_epoch = n // recipe.batch_size  # drop the ragged last batch: fixed shapes
@@ -191,9 +195,21 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
     # Checking the loss forces a device sync: every step on CPU (free), every 25 steps on GPU.
     check_every = 25 if cuda else 1
 
-    result = FitResult(val_acc=0.0, test_acc=None, device=str(device))
+    result = FitResult(val_acc=0.0, test_acc=None, device=str(device), compile_mode=mode)
     started = time.perf_counter()
     train_seconds: list[float] = []
+    first_step = 0.0  # seconds of the first step: compilation (and graph capture) happen there
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with guard():
+            with _autocast(device, bf16):
+                logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        return logits, loss
     for epoch in range(1, recipe.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -208,14 +224,26 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
             y = data.train.labels[idx]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with guard():
-                with _autocast(device, bf16):
-                    logits = step_model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+            if epoch == 1 and step == 0:
+                t_first = time.perf_counter()
+                try:
+                    logits, loss = train_step(x, y)
+                except Exception as err:  # a compiler failure must not lose the trial
+                    if step_model is model or isinstance(err, (torch.OutOfMemoryError,
+                                                               KeyboardInterrupt)):
+                        raise
+                    step_model = model
+                    result.compile_note = (f"torch.compile ({mode}) failed, trained eagerly: "
+                                           f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+                                           if str(err) else f"{type(err).__name__}")
+                    print(f"note: {result.compile_note}", file=sys.stderr)
+                    result.compile_mode = None
+                    logits, loss = train_step(x, y)
+                if cuda:
+                    torch.cuda.synchronize(device)
+                first_step = time.perf_counter() - t_first
+            else:
+                logits, loss = train_step(x, y)
             loss = loss.detach()
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
             loss_sum += loss
@@ -256,6 +284,13 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
     # Steady-state throughput: the first epoch carries warm-up (and compilation) when there are more.
     steady = train_seconds[1:] or train_seconds
     result.images_per_s = steps_per_epoch * recipe.batch_size * len(steady) / sum(steady)
+    if result.compile_mode and steps_per_epoch:
+        # Compilation: what the first step took beyond a steady step (the whole first step when
+        # there is no other epoch to time a steady one by).
+        per_step = (sum(train_seconds[1:]) / (steps_per_epoch * len(train_seconds[1:]))
+                    if len(train_seconds) > 1 else
+                    (train_seconds[0] - first_step) / max(1, steps_per_epoch - 1))
+        result.compile_seconds = max(0.0, first_step - per_step)
     result.peak_memory_bytes = (torch.cuda.max_memory_allocated(device) if cuda else
                                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return result

@@ -232,6 +232,10 @@ def _progress_line(study: optuna.Study, t: optuna.trial.FrozenTrial, baseline: b
         reused = (f"  rung {record.rung} ({mf.rungs[record.rung]} ep"
                   + (f", from #{record.promoted_from})" if record.promoted_from is not None
                      else ")") + reused)
+    if record.compile_note:
+        acc += "  (eager: compile failed)"
+    elif record.compile_seconds:
+        acc += f"  (compile {record.compile_seconds:.1f}s)"
     if record.latency_ms is not None:
         acc += f"  {record.latency_ms:.2f} ms" + ("" if record.latency_isolated else " (noisy)")
     return (f"trial {t.number:4d}  {(record.madds or 0) / 1e6:8.2f}M MAdds  {acc}  "
@@ -257,8 +261,11 @@ def visible_gpus(cfg: StudyConfig) -> int:
 
 
 def resolve_workers(cfg: StudyConfig) -> StudyConfig:
-    """The config with its worker count settled: when unset, one per visible GPU, else one."""
-    return cfg if cfg.workers else dataclasses.replace(cfg, workers=max(1, visible_gpus(cfg)))
+    """The config with its worker count settled: when unset, workers_per_gpu on each visible
+    GPU, else one."""
+    if cfg.workers:
+        return cfg
+    return dataclasses.replace(cfg, workers=max(1, visible_gpus(cfg) * cfg.workers_per_gpu))
 
 
 def run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: bool,
@@ -274,11 +281,14 @@ def run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: boo
     return sum(ran)
 
 
-def worker_envs(cfg: StudyConfig) -> list[dict[str, str]]:
-    """One GPU per worker when there are GPUs, else the CPU threads split between workers."""
-    gpus = visible_gpus(cfg)
+def worker_envs(cfg: StudyConfig, gpus: int | None = None,
+                cores: int | None = None) -> list[dict[str, str]]:
+    """Each worker's environment: its GPU (round robin, so N per GPU when workers = N x GPUs)
+    and its share of the CPU threads, so several workers on a GPU do not oversubscribe the host."""
+    gpus = visible_gpus(cfg) if gpus is None else gpus
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    threads = str(max(1, cores // cfg.workers))
     if gpus:
-        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i in range(cfg.workers)]
-    threads = max(1, len(os.sched_getaffinity(0)) // cfg.workers)
-    return [{"OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
-            for _ in range(cfg.workers)]
+        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus), "OMP_NUM_THREADS": threads}
+                for i in range(cfg.workers)]
+    return [{"OMP_NUM_THREADS": threads, "CUDA_VISIBLE_DEVICES": ""} for _ in range(cfg.workers)]

@@ -304,6 +304,33 @@ def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch
     assert resolve_workers(unset).workers == 1
 
 
+def test_several_workers_per_gpu_are_pinned_evenly_with_their_share_of_threads(tmp_path,
+                                                                             monkeypatch, capsys):
+    import dataclasses
+    from collections import Counter
+
+    import torch
+
+    from condconv_nas.cli import main
+    from condconv_nas.workers import resolve_workers, worker_envs
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = load_study_config(write_study(tmp_path, workers_per_gpu=3))
+    assert cfg.workers_per_gpu == 3 and cfg.workers == 0
+    cfg = resolve_workers(dataclasses.replace(cfg, device="auto"))
+    assert cfg.workers == 6
+    envs = worker_envs(cfg, cores=16)
+    assert Counter(e["CUDA_VISIBLE_DEVICES"] for e in envs) == {"0": 3, "1": 3}
+    assert {e["OMP_NUM_THREADS"] for e in envs} == {"2"}  # 16 cores over 6 workers
+    assert resolve_workers(dataclasses.replace(cfg, workers=4)).workers == 4  # given: kept
+    # A CPU study ignores it: one worker, no GPU.
+    assert resolve_workers(dataclasses.replace(cfg, workers=0, device="cpu")).workers == 1
+    with pytest.raises(StudyError, match="workers_per_gpu: must be an integer >= 1"):
+        load_study_config(write_study(tmp_path, workers_per_gpu=0))
+    assert main(["search", str(write_study(tmp_path)), "--workers-per-gpu", "0"]) == 2
+    assert "--workers-per-gpu: must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_resumed_study_draws_new_samples(tmp_path):
     # Resuming must not replay the first run's sequence (it would train repeats of its trials).
     recipe = {"epochs": 1, "batch_size": 64, "lr": 0.2}

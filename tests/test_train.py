@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -56,10 +57,56 @@ def test_same_seed_same_result_on_cpu(synthetic):
 
 
 def test_gpu_code_paths_run_on_cpu(synthetic):
-    # bf16 autocast, channels_last and torch.compile are the GPU recipe; they must work here too.
-    recipe = Recipe(epochs=3, batch_size=64, lr=0.2, bf16=True, channels_last=True, compile=True)
+    # bf16 autocast, channels_last and torch.compile in the mode CUDA trains with by default
+    # (reduce-overhead: CUDA graphs there) are the GPU recipe; they must work here too.
+    assert Recipe().compile_mode("cuda") == "reduce-overhead"
+    recipe = Recipe(epochs=3, batch_size=64, lr=0.2, bf16=True, channels_last=True,
+                    compile="reduce-overhead")
     result = fit(tiny_model(), synthetic, recipe)
     assert result.val_acc > 0.8
+    assert result.compile_mode == "reduce-overhead" and not result.compile_note
+    # Compilation is inside the measured seconds and reported as its own share.
+    assert result.compile_seconds is not None and 0 < result.compile_seconds < result.seconds
+
+
+def test_compile_modes_by_device_and_bad_values():
+    assert Recipe().compile_mode("cpu") is None
+    assert Recipe(compile=True).compile_mode("cpu") == "default"
+    assert Recipe(compile=False).compile_mode("cuda") is None
+    assert Recipe(compile="max-autotune").compile_mode("cpu") == "max-autotune"
+    for bad in ("fast", 3, ["default"]):
+        with pytest.raises(RecipeError, match="recipe.compile: must be true, false, or a mode"):
+            Recipe(compile=bad)
+
+
+def test_a_compiler_failure_falls_back_to_eager_and_keeps_the_run(synthetic, monkeypatch, capsys):
+    class Broken(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            raise RuntimeError("backend compiler failed\nlong traceback")
+
+    recipe = Recipe(epochs=2, batch_size=64, lr=0.2, seed=3)
+    eager = fit(tiny_model(5), synthetic, recipe)
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: Broken(model))
+    result = fit(tiny_model(5), synthetic, dataclasses.replace(recipe, compile=True))
+    assert result.compile_mode is None and result.compile_seconds is None
+    assert result.compile_note == ("torch.compile (default) failed, trained eagerly: "
+                                   "RuntimeError: backend compiler failed")
+    assert "note: torch.compile (default) failed" in capsys.readouterr().err
+    # The eager retry trains exactly what an eager run does: nothing of the failed step remains.
+    assert [c["loss"] for c in result.curve] == [c["loss"] for c in eager.curve]
+    assert result.val_acc == eager.val_acc
+
+
+def test_execution_fields_may_change_when_a_study_resumes():
+    from condconv_nas.config import settings_differ
+
+    stored = {"recipe": {"compile": False, "lr": 0.4}}
+    assert settings_differ(stored, {"recipe": {"compile": None, "lr": 0.4}}) == []
+    assert settings_differ(stored, {"recipe": {"compile": None, "lr": 0.2}}) == ["recipe.lr"]
 
 
 class NaNAt(torch.nn.Module):
