@@ -2,11 +2,13 @@
 
 The first time a CondConv2d meets a shape (batch, channels, kernel, map size, experts) on a
 device, dtype and grad mode, every exact path that can compute it runs a few interleaved times
-and the fastest is kept for the process, and in a JSON file when one is set, so that the choice
-is made once per machine rather than once per run. Tuning is on by default;
+and the fastest is kept for the process and in a JSON file, so that the choice is made once per
+machine rather than once per run. Tuning is on by default;
 `CONDCONV_NAS_PATH_TUNING=0` (or `set_tuning(False)`) falls back to `layers.choose_path`'s
-fitted rule, which tests use for deterministic runs. While a graph is being compiled, captured
-or traced nothing is timed: a shape already measured keeps its choice, any other takes the rule.
+fitted rule, which tests use. Choices persist in the user's cache folder by default, so a later
+run on the machine takes the paths an earlier one measured and computes exactly what it did.
+While a graph is being compiled, captured or traced nothing is timed: a shape already measured
+keeps its choice, any other takes the rule.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch
 if TYPE_CHECKING:
     from .layers import CondConv2d
 
-__all__ = ["cache_file", "candidates", "choices", "clear", "enabled", "reset", "set_cache_file",
-           "set_tuning", "shape_key", "time_paths", "tuned_path"]
+__all__ = ["cache_file", "candidates", "choices", "clear", "default_cache_file", "enabled", "reset",
+           "set_cache_file", "set_tuning", "shape_key", "time_paths", "tuned_path"]
 
 ENV_TUNING = "CONDCONV_NAS_PATH_TUNING"
 ENV_CACHE = "CONDCONV_NAS_PATH_CACHE"
@@ -51,11 +53,25 @@ def set_tuning(on: bool | None) -> None:
     _enabled = on
 
 
+def default_cache_file() -> Path:
+    """Where choices persist unless told otherwise: the user's cache folder."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "condconv-nas" / "paths.json"
+
+
 def cache_file() -> Path | None:
-    """The JSON file choices persist in, or None (process memory only)."""
+    """The JSON file choices persist in, or None (process memory only).
+
+    `CONDCONV_NAS_PATH_CACHE` names the file; `off` keeps choices in memory; unset, the user's
+    cache folder holds them, so that a second run on a machine takes the paths the first took
+    (and computes exactly what it computed).
+    """
     if _cache_path is False:
-        env = os.environ.get(ENV_CACHE, "").strip()
-        return Path(env).expanduser() if env else None
+        env = os.environ.get(ENV_CACHE)
+        if env is None:
+            return default_cache_file()
+        env = env.strip()
+        return None if env.lower() in ("", "off", "none", "0") else Path(env).expanduser()
     return _cache_path  # type: ignore[return-value]
 
 

@@ -17,6 +17,7 @@ def tuning(monkeypatch, tmp_path):
     monkeypatch.delenv(pathtune.ENV_CACHE, raising=False)
     pathtune.reset()
     pathtune.set_tuning(True)
+    pathtune.set_cache_file(None)  # never the user's cache folder
     yield tmp_path
     pathtune.reset()
 
@@ -115,10 +116,15 @@ def test_choices_persist_in_the_cache_file_and_a_torn_file_is_ignored(tuning, mo
     assert list(json.loads(file.read_text()).values()) == ["grouped"]
 
 
-def test_cache_file_from_the_environment(tuning, monkeypatch):
+def test_cache_file_from_the_environment_or_the_users_cache_folder(tuning, monkeypatch):
     monkeypatch.setenv(pathtune.ENV_CACHE, str(tuning / "env.json"))
     pathtune.reset()
     assert pathtune.cache_file() == tuning / "env.json"
+    monkeypatch.setenv(pathtune.ENV_CACHE, "off")
+    assert pathtune.cache_file() is None
+    monkeypatch.delenv(pathtune.ENV_CACHE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tuning / "xdg"))
+    assert pathtune.cache_file() == tuning / "xdg" / "condconv-nas" / "paths.json"
 
 
 def test_compiled_model_takes_the_rule_and_matches_eager(tuning):
