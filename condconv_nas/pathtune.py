@@ -20,12 +20,9 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from .layers import CondConv2d
+from torch import nn
 
 __all__ = ["cache_file", "candidates", "choices", "clear", "default_cache_file", "enabled", "reset",
            "set_cache_file", "set_tuning", "shape_key", "time_paths", "tuned_path"]
@@ -112,7 +109,7 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def shape_key(layer: CondConv2d, x: torch.Tensor) -> str:
+def shape_key(layer: nn.Module, x: torch.Tensor) -> str:
     """What a path's speed depends on: device, threads, dtype, grad, layout and the conv's shape."""
     dtype = x.dtype
     if torch.is_autocast_enabled(x.device.type):
@@ -127,7 +124,7 @@ def shape_key(layer: CondConv2d, x: torch.Tensor) -> str:
             f"e{layer.num_experts} bias{int(layer.bias is not None)}")
 
 
-def candidates(layer: CondConv2d) -> list[str]:
+def candidates(layer: nn.Module) -> list[str]:
     """The exact paths that can compute this layer (static only serves one expert)."""
     if layer.num_experts == 1:
         return ["static"]
@@ -144,7 +141,7 @@ def _busy() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def time_paths(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor, paths: list[str],
+def time_paths(layer: nn.Module, x: torch.Tensor, r: torch.Tensor, paths: list[str],
                rounds: int = ROUNDS) -> dict[str, float]:
     """Least seconds of one call per path (forward, plus backward when grad is on), interleaved.
 
@@ -212,7 +209,7 @@ def _save(path: Path, key: str, choice: str) -> None:
         pass  # a read-only or full disk costs a re-measurement next time, never the run
 
 
-def tuned_path(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor | None, rule: str) -> str:
+def tuned_path(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: str) -> str:
     """The measured fastest path for this shape; `rule` when tuning is off or cannot run now."""
     if rule == "static" or not enabled():
         return rule
