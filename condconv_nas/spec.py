@@ -310,8 +310,10 @@ class ArchSpec:
 
     @classmethod
     def load(cls, file: str | Path) -> ArchSpec:
-        """Read a spec from a JSON file, or the `spec` of an exported arch.json."""
+        """Read a spec from a JSON file, or the `spec` of an exported arch.json (or its folder)."""
         file = Path(file)
+        if file.is_dir():
+            file = file / "arch.json"
         try:
             text = file.read_text()
         except OSError as err:

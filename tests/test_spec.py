@@ -101,6 +101,10 @@ def test_load_reports_the_file_and_rejects_other_formats(tmp_path):
     wrapped.write_text(json.dumps({"format": "condconv-nas/arch", "version": 1,
                                    "spec": spec.to_dict()}))
     assert ArchSpec.load(wrapped) == spec
+    assert ArchSpec.load(tmp_path) == spec  # an export folder: its arch.json
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpecError, match="empty/arch.json: cannot read"):
+        ArchSpec.load(tmp_path / "empty")
 
 
 def test_make_divisible_follows_the_efficientnet_rule():
