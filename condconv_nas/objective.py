@@ -69,6 +69,10 @@ class Objective:
         self.versions = _versions()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.isolation = Isolation() if cfg.measure else None
+        if cfg.measure and cfg.measure.device == "cuda":
+            from .train import resolve_device
+
+            resolve_device("cuda")  # no GPU: one error now, not a failed measurement per trial
 
     def __call__(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, float]:
         """Train the trial's architecture; returns (validation accuracy, MAdds or latency ms)."""
@@ -138,14 +142,15 @@ class Objective:
                      **({"compile_note": result.compile_note} if result.compile_note else {}))
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
-        second = float(cost.madds)
+        value = float(cost.madds)  # the second objective: MAdds, or the measured latency
         if cfg.measure:
-            second = self._measure(trial, model, spec)
+            latency = self._measure(trial, model, spec)
+            value = latency if cfg.objective == "latency" else value
         top = mf.top if mf else None
         if not self.baseline and queued.rung == (top or 0) and _on_front(study, result.val_acc,
-                                                                       cost.madds, top):
+                                                                       value, top):
             self._keep_weights(trial, model)
-        return result.val_acc, second if cfg.objective == "latency" else float(cost.madds)
+        return result.val_acc, value
 
     def _measure(self, trial: optuna.Trial, model: nn.Module, spec: ArchSpec) -> float:
         """Time the trained network with the other workers on this machine paused; its ms."""
@@ -184,10 +189,11 @@ class Objective:
         write_record(trial, weights_artifact=artifact)
 
 
-def _on_front(study: optuna.Study, acc: float, madds: int, rung: int | None = None) -> bool:
-    """Whether (acc, madds) is not dominated by a finished feasible trial of the study (at `rung`)."""
+def _on_front(study: optuna.Study, acc: float, cost: float, rung: int | None = None) -> bool:
+    """Whether (acc, cost) is not dominated by a finished feasible trial of the study (at `rung`);
+    cost is the study's second objective (MAdds or latency)."""
     points = [(t.values[0], t.values[1]) for t in feasible_done(study, rung)]
-    return len(points) in pareto_front([*points, (acc, madds)])
+    return len(points) in pareto_front([*points, (acc, cost)])
 
 
 def should_prune(study: optuna.Study, madds: int, epoch: int, val_acc: float,

@@ -58,6 +58,17 @@ def test_bad_measure_and_objectives_settings(tmp_path, capsys, measure, objectiv
     assert needle in err and len(err.splitlines()) == 1
 
 
+def test_measuring_on_a_gpu_that_is_not_there_is_one_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    path = _study_file(tmp_path, measure={**MEASURE, "device": "cuda"}, workers=1)
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no CUDA GPU is visible" in err and len(err.splitlines()) == 1
+
+
 def test_measurement_waits_for_steps_in_flight_and_holds_new_ones(tmp_path):
     trainer, measurer = Isolation(tmp_path), Isolation(tmp_path)  # two open files: two "processes"
     steps: list[tuple[float, float]] = []
@@ -131,6 +142,13 @@ def test_latency_objective_searches_on_measured_ms_and_keeps_the_budget(tmp_path
             assert t.values[1] == r.latency_ms and r.madds <= 5_500_000
             seen += 1
     assert seen >= 1
+    # Front weights are kept by the searched objective: each kept one is on the (acc, ms) front.
+    trained = [t for t in study.trials if t.state.name == "COMPLETE"
+               and not TrialRecord.of(t.user_attrs).infeasible]
+    for t in trained:
+        if TrialRecord.of(t.user_attrs).weights_artifact:
+            assert not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1]
+                           and o.values != t.values and o.number < t.number for o in trained)
     # Resuming the study as a MAdds study would mix objectives: refused.
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "objectives":
                                     ["accuracy", "madds"]}))
