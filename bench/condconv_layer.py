@@ -95,17 +95,22 @@ def bench_shape(shape: Shape, experts: int, device: str, min_time: float,
     def autocast():
         return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
 
+    # A dense upstream gradient, as BatchNorm's backward hands a conv in training: `.sum()` would
+    # hand a stride-0 one, which sends the batched matmul's backward down a slow path.
+    with torch.no_grad(), autocast():
+        grad = torch.randn_like(static(x).float())
+
     def run_static():
         with autocast():
             y = static(x)
-        y.float().sum().backward()
+        y.float().backward(grad)
 
     def run_path(path: str):
         def run():
             cond.path = path
             with autocast():
                 y = cond(x, r)
-            y.float().sum().backward()
+            y.float().backward(grad)
         return run
 
     chosen = cond.resolve_path(x)

@@ -60,10 +60,15 @@ def bench_one(shape: Shape, experts: int, device: str, min_time: float, rounds: 
     rule = conv.rule_path(x)
     paths = pathtune.candidates(conv)
 
+    # A dense upstream gradient, as BatchNorm's backward hands a conv in training: `.sum()` would
+    # hand a stride-0 one, which sends the batched matmul's backward down a slow path.
+    with torch.no_grad():
+        grad = torch.randn_like(conv(x, r))
+
     def run(path: str):
         def call():
             conv.path = path
-            conv(x, r).sum().backward()
+            conv(x, r).backward(grad)
         return call
 
     times = time_paths({p: run(p) for p in paths}, device, min_time, rounds)

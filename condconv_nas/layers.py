@@ -51,25 +51,17 @@ def per_example_conv(x: torch.Tensor, kernels: torch.Tensor, stride: int, paddin
 
 def choose_path(device: str, batch: int, in_channels: int, out_channels: int, kernel: int,
                 groups: int, out_pixels: int, num_experts: int) -> str:
-    """Fastest exact path for a conv shape, as measured by bench/condconv_layer.py.
+    """The fitted rule: the batched matmul for 1x1 convs, the grouped conv for the others.
 
-    On the preset shapes (CPU, 2 cores; H100, fp32 and bf16) the batched matmul wins for 1x1 convs
-    and the grouped conv for depthwise convs, with two exceptions on CPU: a 1x1 conv with a small
-    kernel (in*out <= 4096 values) runs faster as a grouped conv (1.2-1.7x: the per-example
-    matmuls are too thin), and when the batch's per-example kernels far exceed the cache
-    (B*out*in >= 12M values) on a tiny map (<= 16 pixels) that shrinks the channels, running all
-    experts is faster.
+    It holds on every preset shape (bench/condconv_layer.py: CPU, 2 cores; H100 and H200, fp32
+    and bf16) when backward receives a dense gradient, as it does behind BatchNorm in training.
+    (An earlier CPU rule sent small and very large 1x1 kernels elsewhere; those exceptions came
+    from timing backward through `.sum()`, whose stride-0 gradient slows the matmul's backward.)
+    Paths are chosen by timing by default (pathtune.py); this rule is the fallback.
     """
     if num_experts == 1:
         return "static"
-    pointwise = kernel == 1 and groups == 1
-    if device == "cpu" and pointwise:
-        if in_channels * out_channels <= 4096:
-            return "grouped"
-        if (out_pixels <= 16 and out_channels < in_channels
-                and batch * out_channels * in_channels >= 12_000_000):
-            return "experts"
-    return "bmm" if pointwise else "grouped"
+    return "bmm" if kernel == 1 and groups == 1 else "grouped"
 
 
 class CondConv2d(nn.Module):
