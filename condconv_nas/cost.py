@@ -123,7 +123,7 @@ def ptflops_cost(spec: ArchSpec, onnx: bool = False) -> tuple[int, int]:
     """(MAdds, params) of the built model counted by ptflops' aten backend, which sees F.conv2d.
 
     CondConvs run their deployment paths: the TorchScript export's by default, the ONNX
-    export's with `onnx` (which runs every expert of a k x k conv, so counts more).
+    export's with `onnx` (whose tap-by-tap depthwise convs are element-wise work ptflops skips).
     """
     import torch
     from ptflops import get_model_complexity_info

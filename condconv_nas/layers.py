@@ -293,14 +293,18 @@ def deploy_path(conv: CondConv2d, onnx: bool = False) -> str:
 
     1x1 convs: one batched matmul (at batch 1, one matmul). Others: per-example kernels mixed
     once, then one conv (TorchScript scripts the grouping, see `per_example_conv`). ONNX fixes a
-    conv's groups when the graph is built, so there k x k convs run every expert and mix the
-    outputs, which ONNX Runtime ran as fast as the tap-by-tap form (README, "Deployment").
+    conv's groups when the graph is built, so there a depthwise conv runs tap by tap (what ONNX
+    Runtime ran fastest of the forms free in the batch size, bench/onnx_paths.py) and any other
+    k x k conv runs every expert and mixes the outputs.
     """
     if conv.num_experts == 1:
         return "static"
     if conv.kernel_size == 1 and conv.groups == 1 and conv.padding == 0:
         return "bmm"
-    return "experts" if onnx else "grouped"
+    if not onnx:
+        return "grouped"
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    return "taps" if depthwise else "experts"
 
 
 def set_deploy_paths(model: nn.Module, onnx: bool = False) -> nn.Module:

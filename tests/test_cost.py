@@ -117,18 +117,11 @@ def test_ptflops_cost_leaves_paths_as_they_were():
 
 @pytest.mark.parametrize("name", ["condconv_efficientnet_b0_8e_proxy28",
                                   "condconv_efficientnet_b0_4e_proxy32", "efficientnet_b0_proxy28"])
-def test_onnx_graph_costs_every_expert_of_the_depthwise_convs(name):
-    # The TorchScript export computes exactly the count (the test above); the ONNX export runs
-    # each CondConv depthwise conv once per expert and mixes outputs instead of kernels:
-    # extra = sum over those convs of (E - 1) * conv + E * outputs - kernel mixing.
+def test_onnx_graph_does_the_counted_work_tap_by_tap(name):
+    # The ONNX export runs each CondConv depthwise conv tap by tap: k*k element-wise
+    # multiply-adds per output, exactly the conv's count, which ptflops' aten backend does not
+    # see (it counts convs and matmuls). Everything else is counted as in the TorchScript graph.
     spec = get_preset(name)
     cost = count_cost(spec)
-    blocks = {b.name: b for b in spec.blocks() if b.condconv}
-    mixing = {x.name: x.madds for x in cost.layers if x.kind == "mixing"}
-    extra = 0
-    for x in cost.layers:
-        if x.kind == "condconv" and x.name.endswith(".dw"):
-            b = blocks[x.name.removesuffix(".dw")]
-            extra += (b.experts - 1) * x.madds + b.experts * x.madds // b.kernel**2
-            extra -= mixing[x.name + ".mix"]
-    assert ptflops_cost(spec, onnx=True)[0] - cost.madds == extra
+    taps = sum(x.madds for x in cost.layers if x.kind == "condconv" and x.name.endswith(".dw"))
+    assert ptflops_cost(spec, onnx=True)[0] == ptflops_cost(spec)[0] - taps
