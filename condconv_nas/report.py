@@ -135,6 +135,19 @@ def axes_agree(head: dict, latency: dict) -> tuple[bool, list[str]]:
     return not changed, changed
 
 
+def _axes_line(head: dict, latency: dict | None) -> str:
+    """Under the headline: whether measured latency tells the same story as MAdds."""
+    if latency is None:
+        return ""
+    same, changed = axes_agree(head, latency)
+    if same:
+        return ("<p><b>On measured latency the conclusion is the same</b> (see <a href=#latency>"
+                "accuracy against measured latency</a>).</p>")
+    return ("<p><b>On measured latency the conclusion changes:</b> "
+            + html.escape("; ".join(changed)) + " (see <a href=#latency>accuracy against "
+            "measured latency</a>).</p>")
+
+
 def _latency_section(head: dict, latency: dict | None, figures: dict[str, str]) -> str:
     """Accuracy against measured latency: the figure, its claims and whether the axes agree."""
     if latency is None:
@@ -299,6 +312,7 @@ error bars.</p>
 {''.join(f'<p class=note>{n}</p>' for n in notes)}
 <h2 id=headline-table>Headline</h2>
 {_claims(head)}
+{_axes_line(head, latency)}
 <p class=muted>Only confirmed means enter a claim. For each front (search, random control) and
 baseline family, the gain of every confirmed front point over the family's seed-mean curve,
 interpolated on log-MAdds inside the family's MAdds range, is averaged into one contrast; its

@@ -216,6 +216,7 @@ def test_report_of_a_measured_study_has_the_latency_view(tmp_path, monkeypatch, 
     assert main(["report", str(path), "-o", str(out)]) == 0
     page = out.read_text()
     for needle in ("Accuracy against measured latency", "id=latency-headline",
+                   "On measured latency the conclusion",
                    "Measured latency against MAdds", "fig-latency_madds", "latency ms"):
         assert needle in page, needle
     capsys.readouterr()

@@ -33,8 +33,15 @@ def _acc(madds: int, rng: np.random.Generator) -> float:
     return float(min(0.99, 0.5 + 0.08 * np.log(madds / 1e6) + rng.normal(0, 0.005)))
 
 
-def fake_study(tmp_path: Path, baselines: bool = True, random: bool = False, search: int = 14
-               ) -> Path:
+def _ms(spec, madds: int) -> dict:
+    """A made-up measured latency: MAdds, plus a fixed cost per CondConv block (its mixing)."""
+    blocks = sum(b.condconv for b in spec.blocks())
+    return {"latency_ms": madds / 2e6 + 0.3 * blocks, "latency_ms_p90": madds / 1.9e6 + 0.3 * blocks,
+            "latency_isolated": True}
+
+
+def fake_study(tmp_path: Path, baselines: bool = True, random: bool = False, search: int = 14,
+               latency: bool = False) -> Path:
     """A study file and a journal holding hand-made trials shaped like the objective's."""
     study_file = tmp_path / "fake.yaml"
     study_file.write_text(yaml.safe_dump({"name": "fake", "space": str(TINY),
@@ -53,7 +60,8 @@ def fake_study(tmp_path: Path, baselines: bool = True, random: bool = False, sea
             spec = space.sample(trial)
             cost = count_cost(spec)
             write_record(trial, spec=spec.to_dict(), madds=cost.madds, params=cost.params,
-                         versions={"optuna": optuna.__version__}, device="cpu")
+                         versions={"optuna": optuna.__version__}, device="cpu",
+                         **(_ms(spec, cost.madds) if latency else {}))
             if i == 3:  # one over-budget trial
                 write_record(trial, infeasible=True)
                 study.tell(trial, [0.0, float(cost.madds)])
@@ -72,7 +80,8 @@ def fake_study(tmp_path: Path, baselines: bool = True, random: bool = False, sea
                     user_attrs=record_attrs(spec=p.spec.to_dict(), madds=p.madds, family=p.family,
                                             multiplier=p.multiplier, seed=seed,
                                             baseline_label=p.label,
-                                            params=count_cost(p.spec).params)))
+                                            params=count_cost(p.spec).params,
+                                            **(_ms(p.spec, p.madds) if latency else {}))))
     return study_file
 
 
@@ -205,10 +214,12 @@ def _chromium() -> str | None:
 
 @pytest.mark.skipif(_chromium() is None and not os.environ.get("CONDCONV_NAS_REQUIRE_CHROMIUM"),
                     reason="chromium is not installed (CI installs it)")
-def test_page_renders_headless_without_console_errors(tmp_path):
+@pytest.mark.parametrize("latency", [False, True], ids=["madds", "with-latency"])
+def test_page_renders_headless_without_console_errors(tmp_path, latency):
     browser = _chromium()
     assert browser, "CONDCONV_NAS_REQUIRE_CHROMIUM is set but no chromium is on PATH"
-    res = results_of(fake_study(tmp_path, random=True))
+    res = results_of(fake_study(tmp_path, random=True, latency=latency))
+    assert ("latency" in build_figures(res)) == latency
     paths = write_report(res, tmp_path / "page.html")
     page = paths["html"].read_text()
     # A listener placed first in <head> records every error the page raises while it renders.
