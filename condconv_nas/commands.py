@@ -147,64 +147,30 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
     from .baselines import static_base
     from .cost import count_cost
-    from .latency import default_batch, measure_many
+    from .latency import default_batch, measure_many, table_lines, twin_record
     from .model import build_model
     from .train import resolve_device
 
     _positive(args, "batch", "threads", "repeats")
     device = resolve_device(args.device)
     spec = _spec_from_args(args)
-    condconv = any(b.condconv for b in spec.blocks())
     specs = {"model": spec}
-    if condconv and not args.no_twin:
+    if any(b.condconv for b in spec.blocks()) and not args.no_twin:
         specs["static twin"] = static_base(spec)
+    madds = {k: count_cost(s).madds for k, s in specs.items()}
     torch.manual_seed(0)  # weights do not change the timing; fixed for repeatable shapes
     models = {k: build_model(s) for k, s in specs.items()}
     batch = args.batch or default_batch(spec.input_size)
     shape = (spec.in_channels, spec.input_size, spec.input_size)
-    print(f"measuring {spec.name} ({_fmt_count(count_cost(spec).madds)} MAdds)"
+    print(f"measuring {spec.name} ({_fmt_count(madds['model'])} MAdds)"
           + (" and its static twin" if len(models) > 1 else "")
           + f" on {device}: batch 1 and {batch}, {args.repeats} interleaved rounds", file=sys.stderr)
     found = measure_many(models, shape, device=device, batch=batch, threads=args.threads,
                          bf16=args.bf16, channels_last=args.channels_last, train=not args.no_train,
                          rounds=args.repeats)
-    head = found["model"]
-    madds = {k: count_cost(s).madds for k, s in specs.items()}
-    record: dict[str, Any] = {"name": spec.name, "madds": madds["model"], **head.to_dict()}
-    twin = found.get("static twin")
-    if twin is not None:
-        record["static_twin"] = {"name": specs["static twin"].name, "madds": madds["static twin"],
-                                 **twin.to_dict()}
-        record["ratios"] = {
-            "madds": round(madds["model"] / madds["static twin"], 4),
-            "latency": round(head.latency_ms / twin.latency_ms, 4),
-            "images_per_s": round(head.images_per_s / twin.images_per_s, 4),
-            "train_images_per_s": (round(head.train_images_per_s / twin.train_images_per_s, 4)
-                                   if head.train_images_per_s and twin.train_images_per_s
-                                   else None)}
-    if args.json:
-        print(json.dumps(record))
-        return 0
-    threads = (f", {head.threads} thread{'s' if head.threads != 1 else ''}" if head.threads
-               else "")
-    print(f"{head.device}{threads}, torch {head.torch}, {head.precision}"
-          + (", channels_last" if head.channels_last else ""))
-    print(f"{'':<14} {'MAdds':>8} {'latency b1 ms (p10-p90)':>26} "
-          f"{f'images/s b{batch} (p10-p90)':>28} {'train images/s':>15}")
-    for name, m in found.items():
-        train = f"{m.train_images_per_s:15.0f}" if m.train_images_per_s else f"{'-':>15}"
-        print(f"{name:<14} {_fmt_count(madds[name]):>8} "
-              f"{f'{m.latency_ms:.3f} ({m.latency_ms_p10:.3f}-{m.latency_ms_p90:.3f})':>26} "
-              f"{f'{m.images_per_s:.0f} ({m.images_per_s_p10:.0f}-{m.images_per_s_p90:.0f})':>28} "
-              f"{train}")
-    if twin is not None:
-        r = record["ratios"]
-        train = f"{r['train_images_per_s']:15.2f}" if r["train_images_per_s"] else f"{'-':>15}"
-        print(f"{'model / twin':<14} {r['madds']:>8.2f} {r['latency']:>26.2f} "
-              f"{r['images_per_s']:>28.2f} {train}")
-    for mode, counts in head.paths.items():
-        print(f"CondConv paths, {mode}: "
-              + ", ".join(f"{p} {n}" for p, n in sorted(counts.items())))
+    record = twin_record(found, {k: s.name for k, s in specs.items()}, madds)
+    print(json.dumps(record) if args.json
+          else "\n".join(table_lines(found, record, madds, batch, _fmt_count)))
     return 0
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from .layers import CondConv2d, set_deploy_paths
 
 __all__ = ["Latency", "default_batch", "describe_device", "measure", "measure_latency", "measure_many",
-           "time_torchscript"]
+           "table_lines", "time_torchscript", "twin_record"]
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,51 @@ def measure_latency(model: nn.Module, shape: tuple[int, int, int], *,
     return {"latency_ms": statistics.median(times) * 1e3,
             "latency_ms_p10": _percentile(times, 10) * 1e3,
             "latency_ms_p90": _percentile(times, 90) * 1e3}
+
+
+def twin_record(found: dict[str, Latency], names: dict[str, str], madds: dict[str, int]
+                ) -> dict[str, Any]:
+    """The `latency --json` object: the model's figures, its static twin's and their ratios."""
+    head = found["model"]
+    record: dict[str, Any] = {"name": names["model"], "madds": madds["model"], **head.to_dict()}
+    twin = found.get("static twin")
+    if twin is not None:
+        record["static_twin"] = {"name": names["static twin"], "madds": madds["static twin"],
+                                 **twin.to_dict()}
+        record["ratios"] = {
+            "madds": round(madds["model"] / madds["static twin"], 4),
+            "latency": round(head.latency_ms / twin.latency_ms, 4),
+            "images_per_s": round(head.images_per_s / twin.images_per_s, 4),
+            "train_images_per_s": (round(head.train_images_per_s / twin.train_images_per_s, 4)
+                                   if head.train_images_per_s and twin.train_images_per_s
+                                   else None)}
+    return record
+
+
+def table_lines(found: dict[str, Latency], record: dict[str, Any], madds: dict[str, int],
+                batch: int, fmt_count: Callable[[int], str]) -> list[str]:
+    """The `latency` command's table: conditions, one row per model, ratios, paths taken."""
+    head = found["model"]
+    threads = (f", {head.threads} thread{'s' if head.threads != 1 else ''}" if head.threads
+               else "")
+    lines = [f"{head.device}{threads}, torch {head.torch}, {head.precision}"
+             + (", channels_last" if head.channels_last else ""),
+             f"{'':<14} {'MAdds':>8} {'latency b1 ms (p10-p90)':>26} "
+             f"{f'images/s b{batch} (p10-p90)':>28} {'train images/s':>15}"]
+    for name, m in found.items():
+        train = f"{m.train_images_per_s:15.0f}" if m.train_images_per_s else f"{'-':>15}"
+        lines.append(f"{name:<14} {fmt_count(madds[name]):>8} "
+                     f"{f'{m.latency_ms:.3f} ({m.latency_ms_p10:.3f}-{m.latency_ms_p90:.3f})':>26} "
+                     f"{f'{m.images_per_s:.0f} ({m.images_per_s_p10:.0f}-{m.images_per_s_p90:.0f})':>28} "
+                     f"{train}")
+    if "ratios" in record:
+        r = record["ratios"]
+        train = f"{r['train_images_per_s']:15.2f}" if r["train_images_per_s"] else f"{'-':>15}"
+        lines.append(f"{'model / twin':<14} {r['madds']:>8.2f} {r['latency']:>26.2f} "
+                     f"{r['images_per_s']:>28.2f} {train}")
+    lines += [f"CondConv paths, {mode}: " + ", ".join(f"{p} {n}" for p, n in sorted(c.items()))
+              for mode, c in head.paths.items()]
+    return lines
 
 
 def measure(model: nn.Module, shape: tuple[int, int, int], **kwargs: Any) -> Latency:
