@@ -56,8 +56,8 @@ def bench_one(shape: Shape, experts: int, device: str, min_time: float, rounds: 
     conv = CondConv2d(s.in_channels, s.out_channels, s.kernel, s.stride, groups=s.groups,
                       num_experts=experts).to(device)
     pathtune.clear()
-    tuned = pathtune.tuned_path(conv, x, r, conv.rule_path(x))
-    rule = conv.rule_path(x)
+    tuned = pathtune.tuned_path(conv, x, r, conv.rule_path())
+    rule = conv.rule_path()
     paths = pathtune.candidates(conv)
 
     # A dense upstream gradient, as BatchNorm's backward hands a conv in training: `.sum()` would

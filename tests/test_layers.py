@@ -145,15 +145,12 @@ class _Routed(torch.nn.Module):
 
 
 def test_choose_path_picks_a_path_that_can_compute_the_shape():
-    for device in ("cpu", "cuda"):
-        for k, g in ((1, 1), (3, 1), (3, 8), (1, 2)):
-            for batch, pixels in ((1, 1), (64, 16), (256, 16), (8, 3136)):
-                path = choose_path(device, batch, 1152, 192, k, g, pixels, 8)
-                assert path in PATHS and (path != "bmm" or (k == 1 and g == 1))
-        assert choose_path(device, 8, 8, 8, 3, 1, 49, 1) == "static"
-        assert choose_path(device, 64, 1152, 192, 1, 1, 16, 8) == "bmm"
-        assert choose_path(device, 64, 24, 144, 1, 1, 49, 8) == "bmm"
-        assert choose_path(device, 64, 144, 144, 3, 144, 49, 8) == "grouped"
+    for k, g in ((1, 1), (3, 1), (3, 8), (1, 2)):
+        path = choose_path(k, g, 8)
+        assert path in PATHS and (path != "bmm" or (k == 1 and g == 1))
+    assert choose_path(3, 1, 1) == "static"
+    assert choose_path(1, 1, 8) == "bmm"
+    assert choose_path(3, 144, 8) == "grouped"
 
 
 def test_padded_pointwise_conv_matches_reference():
