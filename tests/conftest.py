@@ -10,6 +10,10 @@ import pytest
 # (tests of the tuner turn it on for themselves); subprocesses inherit this.
 os.environ.setdefault("CONDCONV_NAS_PATH_TUNING", "0")
 
+# Tests train tiny models, which run fastest on one thread; under pytest-xdist that also leaves
+# every other core to the parallel tests (set before torch is imported; subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -18,7 +18,8 @@ from condconv_nas.study import load_study_config, run_search
 ROOT = Path(__file__).parent.parent
 TINY = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
 STUDY = {"name": "good", "space": "space.yaml", "dataset": "synthetic",
-         "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 2, "seed": 0}
+         "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 2, "seed": 0,
+         "train_limit": 500}
 
 
 def space(**change):

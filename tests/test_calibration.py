@@ -88,7 +88,7 @@ def test_no_recommendation_when_madds_alone_rank_as_well():
 
 def _study(tmp_path: Path, **kw) -> Path:
     data = {"name": "c", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
-            "val_size": 1000,  # 1,000 training images: "all" stays quick
+            "val_size": 1500,  # 500 training images: "all" stays quick
             "recipe": {"batch_size": 64, "lr": 0.2, "epochs": 1}, "trials": 2, "seed": 0,
             "workers": 1, "baselines": {"families": ["width", "depth"], "points": 3},
             "calibration": {"epochs": [1], "train_images": [200, "all"],

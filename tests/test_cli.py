@@ -200,6 +200,8 @@ def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
     assert trials[0].state.name == "COMPLETE"
     assert trials[1].state.name == "FAIL" and trials[1].user_attrs["stale"]
     assert trials[2].state.name == "WAITING" and trials[2].user_attrs["retry_of"] == 1
+    if sig == "SIGTERM":
+        return  # the stored state is the one SIGINT leaves (checked above): one resume suffices
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0
     trials = optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "s.journal"))

@@ -333,11 +333,10 @@ def test_several_workers_per_gpu_are_pinned_evenly_with_their_share_of_threads(t
 
 def test_resumed_study_draws_new_samples(tmp_path):
     # Resuming must not replay the first run's sequence (it would train repeats of its trials).
-    recipe = {"epochs": 1, "batch_size": 64, "lr": 0.2}
-    run_search(load_study_config(write_study(tmp_path, trials=3, sampler="random", recipe=recipe)),
-               print_fn=lambda s: None)
-    run_search(load_study_config(write_study(tmp_path, trials=6, sampler="random", recipe=recipe)),
-               print_fn=lambda s: None)
+    quick = {"recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "train_limit": 200,
+             "sampler": "random"}  # only the sampled parameters matter here
+    run_search(load_study_config(write_study(tmp_path, trials=3, **quick)), print_fn=lambda s: None)
+    run_search(load_study_config(write_study(tmp_path, trials=6, **quick)), print_fn=lambda s: None)
     trials = load(tmp_path / "t.yaml").trials
     assert [t.params for t in trials[:3]] != [t.params for t in trials[3:]]
 
