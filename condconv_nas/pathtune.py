@@ -31,21 +31,23 @@ ENV_TUNING = "CONDCONV_NAS_PATH_TUNING"
 ENV_CACHE = "CONDCONV_NAS_PATH_CACHE"
 ROUNDS = 3  # interleaved timed calls per path after one warm-up call: the least is kept
 
-_enabled: bool | None = None  # None: read the environment
+_enabled: bool | None = None  # None: read the environment at the next call
 _cache_path: Path | None | bool = False  # False: read the environment
 _choices: dict[str, str] = {}
 _loaded: set[Path] = set()
+_generation = 0  # bumped when remembered choices may no longer hold: layers' memos go stale
 
 
 def enabled() -> bool:
     """Whether paths are chosen by timing (default) or by the fitted rule."""
-    if _enabled is None:
-        return os.environ.get(ENV_TUNING, "1").strip().lower() not in ("0", "off", "false", "no")
+    global _enabled
+    if _enabled is None:  # read once: every CondConv forward asks, and os.environ costs 2 us
+        _enabled = os.environ.get(ENV_TUNING, "1").strip().lower() not in ("0", "off", "false", "no")
     return _enabled
 
 
 def set_tuning(on: bool | None) -> None:
-    """Turn timing on or off for this process (None: back to the environment's setting)."""
+    """Turn timing on or off for this process (None: read the environment's setting again)."""
     global _enabled
     _enabled = on
 
@@ -74,14 +76,17 @@ def cache_file() -> Path | None:
 
 def set_cache_file(path: str | Path | None) -> None:
     """Persist choices in `path` (None: memory only); read on first use."""
-    global _cache_path
+    global _cache_path, _generation
     _cache_path = Path(path).expanduser() if path is not None else None
+    _generation += 1
 
 
 def clear() -> None:
     """Forget every choice made in this process (the file, if any, is left as it is)."""
+    global _generation
     _choices.clear()
     _loaded.clear()
+    _generation += 1
 
 
 def reset() -> None:
@@ -213,6 +218,23 @@ def tuned_path(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: 
     """The measured fastest path for this shape; `rule` when tuning is off or cannot run now."""
     if rule == "static" or not enabled():
         return rule
+    # The full key costs microseconds of string building on every forward; each layer remembers
+    # its answers under a cheap tuple of the same facts (stride stands for the memory layout).
+    dev = x.device.type
+    amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    fast = (_generation, x.shape, x.stride(), x.dtype, x.device, amp, torch.is_grad_enabled(),
+            torch.get_num_threads())
+    memo = layer.__dict__.setdefault("_tuned_paths", {})
+    if fast in memo:
+        return memo[fast]
+    choice = _choose(layer, x, r)
+    if choice is not None:
+        memo[fast] = choice
+    return rule if choice is None else choice
+
+
+def _choose(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None) -> str | None:
+    """The remembered or newly timed choice; None when it cannot be timed now (rule for now)."""
     key = shape_key(layer, x)
     file = cache_file()
     if file is not None:
@@ -220,8 +242,10 @@ def tuned_path(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: 
     if key in _choices:
         return _choices[key]
     paths = candidates(layer)
-    if r is None or _busy() or len(paths) == 1:
-        return rule
+    if len(paths) == 1:
+        return paths[0]
+    if r is None or _busy():
+        return None
     times = time_paths(layer, x, r, paths)
     choice = min(paths, key=times.__getitem__)
     _choices[key] = choice

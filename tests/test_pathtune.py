@@ -46,6 +46,28 @@ def test_takes_the_fastest_measured_path_and_times_each_shape_once(tuning, monke
     assert [c[1] for c in calls] == [True, False, True]
 
 
+def test_each_layer_remembers_its_choice_without_rebuilding_the_key(tuning, monkeypatch):
+    calls = _fake_times(monkeypatch, {"bmm": 3.0, "grouped": 1.0, "experts": 2.0})
+    keys: list[str] = []
+    real = pathtune.shape_key
+    monkeypatch.setattr(pathtune, "shape_key", lambda layer, x: keys.append(real(layer, x)) or keys[-1])
+    conv = CondConv2d(8, 16, 1, num_experts=4)
+    x, r = torch.randn(4, 8, 5, 5), torch.rand(4, 4)
+    assert [conv.resolve_path(x, r) for _ in range(3)] == ["grouped"] * 3
+    assert len(keys) == 1
+    # What the full key tells apart, the memo tells apart too: layout, autocast dtype, grad mode.
+    conv.resolve_path(x.contiguous(memory_format=torch.channels_last), r)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv.resolve_path(x, r)
+    with torch.no_grad():
+        conv.resolve_path(x, r)
+    assert len(set(keys)) == len(keys) == 4 and len(calls) == 4
+    # Forgetting every choice reaches the layers' memos as well.
+    pathtune.clear()
+    conv.resolve_path(x, r)
+    assert len(keys) == 5 and len(calls) == 5
+
+
 def test_depthwise_candidates_exclude_bmm_and_one_expert_is_never_timed(tuning, monkeypatch):
     calls = _fake_times(monkeypatch, {"grouped": 2.0, "experts": 1.0})
     dw = CondConv2d(6, 6, 3, groups=6, num_experts=3)
