@@ -157,6 +157,25 @@ class _Runner:
         self.opt.step()
 
 
+def _interleaved(calls: dict[Any, tuple[Callable[[], float], int]], rounds: int
+                 ) -> dict[Any, list[float]]:
+    """Seconds of each timed call, round robin: every round runs each call its count of times."""
+    samples: dict[Any, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, (timed, count) in calls.items():
+            samples[k] += [timed() for _ in range(count)]
+    return samples
+
+
+def _timer(fn: Callable[[], Any]) -> Callable[[], float]:
+    """`fn` as a call returning its wall seconds (CPU: nothing to synchronise)."""
+    def timed() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    return timed
+
+
 def measure_many(models: dict[str, nn.Module], shape: tuple[int, int, int], *,
                  device: str | torch.device = "cpu", batch: int | None = None,
                  threads: int | None = None, bf16: bool = False, channels_last: bool = False,
@@ -173,24 +192,20 @@ def measure_many(models: dict[str, nn.Module], shape: tuple[int, int, int], *,
     with _threads(threads if device.type == "cpu" else None) as used:
         runners = {k: _Runner(m, shape, batch, device, bf16, channels_last, train)
                    for k, m in models.items()}
-        samples: dict[str, dict[str, list[float]]] = {k: {"one": [], "many": [], "step": []}
-                                                      for k in models}
-        for r in runners.values():
+        calls: dict[tuple[str, str], tuple[Callable[[], float], int]] = {}
+        for name, r in runners.items():
             for _ in range(warmup):
                 r.forward_one()
             r.forward_many()
+            calls[name, "one"] = (lambda r=r: r.timed(r.forward_one), per_round)
+            calls[name, "many"] = (lambda r=r: r.timed(r.forward_many), 1)
             if r.trainee is not None:
                 r.step()
-        for _ in range(rounds):
-            for name, r in runners.items():
-                s = samples[name]
-                s["one"] += [r.timed(r.forward_one) for _ in range(per_round)]
-                s["many"].append(r.timed(r.forward_many))
-                if r.trainee is not None:
-                    s["step"].append(r.timed(r.step))
+                calls[name, "step"] = (lambda r=r: r.timed(r.step), 1)
+        timed = _interleaved(calls, rounds)
         out = {}
         for name, r in runners.items():
-            s = samples[name]
+            s = {kind: timed.get((name, kind), []) for kind in ("one", "many", "step")}
             paths = {"batch 1": _path_counts(r.infer, r.forward_one)}
             if r.trainee is not None:
                 paths[f"train batch {batch}"] = _path_counts(r.trainee, r.step)
@@ -286,14 +301,9 @@ def time_torchscript(files: dict[str, str], shape: tuple[int, int, int], threads
     with _threads(threads), torch.no_grad():
         graphs = {k: torch.jit.load(f, map_location="cpu").eval() for k, f in files.items()}
         x = torch.randn(1, *shape)
-        times: dict[str, list[float]] = {k: [] for k in graphs}
         for g in graphs.values():
             for _ in range(warmup):
                 g(x)
-        for _ in range(rounds):
-            for k, g in graphs.items():
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    g(x)
-                    times[k].append(time.perf_counter() - start)
+        times = _interleaved({k: (_timer(lambda g=g: g(x)), per_round) for k, g in graphs.items()},
+                             rounds)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
