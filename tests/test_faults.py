@@ -44,7 +44,7 @@ def study_file(tmp_path: Path, storage: str) -> Path:
     path = tmp_path / f"f{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(yaml.safe_dump({
         "name": path.stem, "space": str(ROOT / "search_spaces" / "tiny.yaml"),
-        "dataset": "synthetic", "train_limit": 1000,
+        "dataset": "synthetic", "train_limit": 500,
         "recipe": {"epochs": 2, "batch_size": 64, "lr": 0.2},
         "trials": TRIALS, "seed": 0, "storage": storage, "artifacts": str(tmp_path / "art"),
         "heartbeat": {"interval": 1, "grace": 4}}))

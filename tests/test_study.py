@@ -23,7 +23,8 @@ ROOT = Path(__file__).parent.parent
 
 def write_study(tmp_path, **kw) -> Path:
     data = {"name": "t", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
-            "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 3, "seed": 0}
+            "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 3, "seed": 0,
+            "train_limit": 500}  # what these tests check needs runs, not accuracy
     data.update(kw)
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(data))
