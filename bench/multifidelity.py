@@ -10,6 +10,7 @@ seconds (mean and spread over seeds), and the share of plain TPE's time multi-fi
 needs to reach plain TPE's final hypervolume (goal: <= 0.5).
 
 Usage: python bench/multifidelity.py [--train-limit 2000] [--trials 8] [--seeds 3] [--jobs 2]
+       [--clock cpu|wall]
 Results: bench/results/multifidelity.json (and the runs' journal in bench/results/).
 """
 
@@ -66,8 +67,13 @@ def run_one(path: str) -> str:
     return cfg.name
 
 
-def trace(name: str) -> pd.DataFrame:
-    """Completed runs of one study in completion order: seconds, top-rung flag, acc, MAdds."""
+def trace(name: str, clock: str = "cpu") -> pd.DataFrame:
+    """Completed runs of one study in completion order: seconds, top-rung flag, acc, MAdds.
+
+    `clock` cpu counts each run's process CPU seconds (one thread a run, so they are its training
+    seconds on an otherwise idle core, whatever else the machine ran); wall counts wall seconds. A
+    run that reused an identical architecture's result trained nothing and costs nothing.
+    """
     import optuna
 
     from condconv_nas.storage import open_storage
@@ -79,7 +85,9 @@ def trace(name: str) -> pd.DataFrame:
         a = t.user_attrs
         if t.state.name != "COMPLETE" or a.get("infeasible"):
             continue
-        rows.append({"done": t.datetime_complete, "seconds": a.get("seconds") or 0.0,
+        spent = 0.0 if "reused_from" in a else (
+            a.get("cpu_seconds") if clock == "cpu" else a.get("seconds")) or 0.0
+        rows.append({"done": t.datetime_complete, "seconds": spent,
                      "top": a.get("rung", 0) == len(rungs) - 1 and "reused_from" not in a,
                      "val_acc": t.values[0], "madds": t.values[1]})
     df = pd.DataFrame(rows).sort_values("done").reset_index(drop=True)
@@ -101,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
     parser.add_argument("--out", default=str(OUT), help="folder of the journal and results")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="training seconds counted: process CPU time (default: robust to other "
+                             "tenants on CPU) or wall time (use on a GPU)")
     args = parser.parse_args(argv)
     OUT = Path(args.out).resolve()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from condconv_nas.pareto import hypervolume, normalisation
 
-    traces = {(m, s): trace(f"{m}-s{s}") for m in methods for s in range(args.seeds)}
+    traces = {(m, s): trace(f"{m}-s{s}", args.clock) for m in methods for s in range(args.seeds)}
     norm = normalisation(*[t[t.top] for t in traces.values()])
 
     def hv_curve(df: pd.DataFrame) -> list[tuple[float, float]]:
@@ -133,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         hit = next((sec for sec, hv in curves[("multifidelity", s)] if hv >= target), math.nan)
         reach.append(hit / tpe_time)
     print(f"\n{args.dataset}, {args.train_limit} training images, rungs "
-          f"{args.min_epochs}..{args.max_epochs} (eta {args.eta}); {args.seeds} sampler seeds")
+          f"{args.min_epochs}..{args.max_epochs} (eta {args.eta}); {args.seeds} sampler seeds; "
+          f"{args.clock} seconds")
     print(f"{'method':<14} {'runs':>9} {'top-rung':>9} {'train s (mean)':>15} "
           f"{'hypervolume mean +- sd':>24}")
     for m, row in table.items():

@@ -136,6 +136,7 @@ class Objective:
         guard = self.isolation.step if self.isolation else contextlib.nullcontext
         result = fit(model, run_data, recipe, on_epoch=on_epoch, guard=guard)
         write_record(trial, curve=result.curve, seconds=result.seconds,
+                     cpu_seconds=round(result.cpu_seconds, 3),
                      images_per_s=result.images_per_s, epochs_run=result.epochs_run,
                      **({"compile_seconds": round(result.compile_seconds, 3)}
                         if result.compile_seconds is not None else {}),

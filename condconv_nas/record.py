@@ -41,6 +41,7 @@ class TrialRecord:
     # What training measured.
     curve: list[dict[str, Any]] | None = None   # [{"epoch": e, "val_acc": a}, ...]
     seconds: float | None = None
+    cpu_seconds: float | None = None         # CPU time of the training process over `seconds`
     images_per_s: float | None = None
     epochs_run: int | None = None
     compile_seconds: float | None = None     # torch.compile's share of `seconds` (first step)
@@ -89,8 +90,8 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
 QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label", "confirm_of",
                 "rung", "promoted_from", "epochs", "train_images")
 # Training results, copied from an identical earlier trial when its result is reused.
-RESULT_FIELDS = ("curve", "seconds", "images_per_s", "epochs_run", "compile_seconds", "compile_note",
-                 "latency_ms", "latency_ms_p90", "latency_isolated", "latency_device")
+RESULT_FIELDS = ("curve", "seconds", "cpu_seconds", "images_per_s", "epochs_run", "compile_seconds",
+                 "compile_note", "latency_ms", "latency_ms_p90", "latency_isolated", "latency_device")
 
 
 def record_attrs(**fields: Any) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class FitResult:
     test_acc: float | None
     curve: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time over the same span (all its threads)
     images_per_s: float = 0.0
     peak_memory_bytes: int = 0
     epochs_run: int = 0
@@ -196,7 +197,7 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
     check_every = 25 if cuda else 1
 
     result = FitResult(val_acc=0.0, test_acc=None, device=str(device), compile_mode=mode)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     train_seconds: list[float] = []
     first_step = 0.0  # seconds of the first step: compilation (and graph capture) happen there
 
@@ -281,6 +282,7 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
         result.test_acc = evaluate(model, data.test, data, recipe.eval_batch_size, bf16,
                                    channels_last, guard)
     result.seconds = time.perf_counter() - started
+    result.cpu_seconds = time.process_time() - cpu_started
     # Steady-state throughput: the first epoch carries warm-up (and compilation) when there are more.
     steady = train_seconds[1:] or train_seconds
     result.images_per_s = steps_per_epoch * recipe.batch_size * len(steady) / sum(steady)

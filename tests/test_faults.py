@@ -81,6 +81,7 @@ def check_study(path: Path) -> list[optuna.trial.FrozenTrial]:
         assert {"spec", "madds", "params", "worker"} <= set(t.user_attrs) and t.values
         if not t.user_attrs.get("infeasible") and "reused_from" not in t.user_attrs:
             assert t.user_attrs["curve"], t.number  # trained, its curve stored
+            assert t.user_attrs["cpu_seconds"] > 0, t.number
     return trials
 
 

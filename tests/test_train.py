@@ -44,6 +44,8 @@ def test_learns_synthetic_data_far_above_chance(synthetic):
     assert [c["epoch"] for c in result.curve] == [1, 2, 3, 4]
     assert result.curve[-1]["loss"] < result.curve[0]["loss"]
     assert result.images_per_s > 0 and result.seconds > 0 and result.peak_memory_bytes > 0
+    # CPU time over the run: positive, and no more than its threads could spend in its wall time.
+    assert 0 < result.cpu_seconds <= result.seconds * torch.get_num_threads() + 0.5
 
 
 def test_same_seed_same_result_on_cpu(synthetic):
