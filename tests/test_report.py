@@ -234,3 +234,30 @@ def test_page_renders_headless_without_console_errors(tmp_path, latency):
     check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert check["errors"] == []
     assert check["plots"] == len(build_figures(res)) and check["svgs"] >= check["plots"]
+
+
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CONDCONV_NAS_REQUIRE_CHROMIUM"),
+                    reason="chromium is not installed (CI installs it)")
+def test_figure_pngs_captures_each_figure_at_its_size(tmp_path):
+    import struct
+    import sys
+
+    study = fake_study(tmp_path, random=True)
+    script = Path(__file__).parent.parent / "scripts" / "figure_pngs.py"
+    run = subprocess.run([sys.executable, str(script), str(study), str(tmp_path / "png"),
+                          "--width", "800", "--only", "pareto,edf"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = build_figures(results_of(study))
+    for key in ("pareto", "edf"):
+        png = (tmp_path / "png" / f"fake-{key}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
+        assert (width, height) == (820, (figures[key].layout.height or 500) + 20)
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["fake-edf.png", "fake-pareto.png"]
+    bad = subprocess.run([sys.executable, str(script), str(study), str(tmp_path / "png"),
+                          "--only", "nope"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no figure 'nope'" in bad.stderr
+    gone = subprocess.run([sys.executable, str(script), str(tmp_path / "missing.yaml"), "x"],
+                          capture_output=True, text=True, timeout=300)
+    assert gone.returncode == 2 and gone.stderr.count("\n") == 1 and "missing.yaml" in gone.stderr
