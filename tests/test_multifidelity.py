@@ -96,7 +96,7 @@ def test_to_promote_takes_the_top_third_highest_rung_first():
 def _study_file(tmp_path: Path, storage: str, **kw) -> Path:
     path = tmp_path / f"m{uuid.uuid4().hex[:8]}.yaml"
     data = {"name": path.stem, "space": str(ROOT / "search_spaces" / "tiny.yaml"),
-            "dataset": "synthetic", "train_limit": 600, "recipe": {"batch_size": 64, "lr": 0.2},
+            "dataset": "synthetic", "train_limit": 400, "recipe": {"batch_size": 64, "lr": 0.2},
             "trials": TRIALS, "seed": 0, "storage": storage, "artifacts": str(tmp_path / "art"),
             "heartbeat": {"interval": 1, "grace": 4}, "multifidelity": MF}
     data.update(kw)
