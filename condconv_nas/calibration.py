@@ -105,7 +105,11 @@ def summarise(runs: pd.DataFrame, cal: Calibration) -> dict[str, Any]:
     return {"budgets": out, "recommended": recommended, "min_tau": cal.min_tau,
             "reference": {"epochs": cal.reference[0], "train_images": cal.reference[1],
                           "archs": len(ref),
-                          "seconds_per_arch": float(ref.ref_seconds.mean()) if len(ref) else math.nan}}
+                          "seconds_per_arch": float(ref.ref_seconds.mean()) if len(ref) else math.nan,
+                          # How far apart the architectures are at the reference: a span within
+                          # a few seed standard deviations leaves no ranking for a proxy to match.
+                          "acc_min": float(ref.ref_acc.min()) if len(ref) else math.nan,
+                          "acc_max": float(ref.ref_acc.max()) if len(ref) else math.nan}}
 
 
 def study_lines(recommended: dict[str, Any] | None, train_size: int) -> list[str]:

@@ -252,7 +252,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     ref = out["reference"]
     print(f"\nKendall tau with the reference ({ref['epochs']} epochs x "
           f"{ref['train_images'] or 'all'} images, {ref['archs']} architectures, "
-          f"{ref['seconds_per_arch']:.1f} s each):")
+          f"{ref['seconds_per_arch']:.1f} s each; accuracies {ref['acc_min']:.4f}-"
+          f"{ref['acc_max']:.4f}):")
     print(f"  {'budget':<18} {'archs':>5} {'tau':>6} {'p':>8} {'MAdds':>6} {'params':>6} "
           f"{'s/arch':>8}")
     for b in out["budgets"]:

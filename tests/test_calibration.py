@@ -68,6 +68,7 @@ def test_summary_against_scipy_and_the_recommendation_rule():
     assert by[(2, 100)]["tau"] > by[(2, 100)]["tau_madds"]
     assert out["recommended"]["epochs"] == 2 and out["recommended"]["train_images"] == 100
     assert out["reference"]["archs"] == 6 and out["reference"]["seconds_per_arch"] == 30.0
+    assert (out["reference"]["acc_min"], out["reference"]["acc_max"]) == (min(ref), max(ref))
     assert study_lines(out["recommended"], 1000) == ["train_limit: 100",
                                                       "recipe: {epochs: 2}    # keep your other recipe keys"]
     # A stricter bar that only a perfect ranking meets: the dearer budget.
@@ -128,6 +129,10 @@ def test_calibrate_end_to_end_resumes_and_reports(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["budgets"] == out["budgets"]
     assert "0 runs newly queued, 0 to run" in captured.err
+    # The text table names the span of the reference accuracies it ranks against.
+    assert main(["calibrate", str(path)]) == 0
+    ref = out["reference"]
+    assert f"accuracies {ref['acc_min']:.4f}-{ref['acc_max']:.4f}" in capsys.readouterr().out
     # The report shows the calibration figure and table once the search exists.
     assert main(["search", str(path)]) == 0
     html_out = tmp_path / "r.html"
