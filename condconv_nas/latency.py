@@ -131,13 +131,6 @@ class _Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def timed(self, fn: Callable[[], Any]) -> float:
-        self._sync()
-        start = time.perf_counter()
-        fn()
-        self._sync()
-        return time.perf_counter() - start
-
     @torch.no_grad()
     def forward_one(self) -> None:
         with self._autocast():
@@ -167,11 +160,13 @@ def _interleaved(calls: dict[Any, tuple[Callable[[], float], int]], rounds: int
     return samples
 
 
-def _timer(fn: Callable[[], Any]) -> Callable[[], float]:
-    """`fn` as a call returning its wall seconds (CPU: nothing to synchronise)."""
+def _timer(fn: Callable[[], Any], sync: Callable[[], None] = lambda: None) -> Callable[[], float]:
+    """`fn` as a call returning its wall seconds; `sync` waits for the device on both sides."""
     def timed() -> float:
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         return time.perf_counter() - start
     return timed
 
@@ -197,11 +192,11 @@ def measure_many(models: dict[str, nn.Module], shape: tuple[int, int, int], *,
             for _ in range(warmup):
                 r.forward_one()
             r.forward_many()
-            calls[name, "one"] = (lambda r=r: r.timed(r.forward_one), per_round)
-            calls[name, "many"] = (lambda r=r: r.timed(r.forward_many), 1)
+            calls[name, "one"] = (_timer(r.forward_one, r._sync), per_round)
+            calls[name, "many"] = (_timer(r.forward_many, r._sync), 1)
             if r.trainee is not None:
                 r.step()
-                calls[name, "step"] = (lambda r=r: r.timed(r.step), 1)
+                calls[name, "step"] = (_timer(r.step, r._sync), 1)
         timed = _interleaved(calls, rounds)
         out = {}
         for name, r in runners.items():
@@ -239,7 +234,8 @@ def measure_latency(model: nn.Module, shape: tuple[int, int, int], *,
         call = r.forward_one if batch == 1 else r.forward_many
         for _ in range(warmup):
             call()
-        times = [r.timed(call) for _ in range(rounds * per_round)]
+        timed = _timer(call, r._sync)
+        times = [timed() for _ in range(rounds * per_round)]
     return {"latency_ms": statistics.median(times) * 1e3,
             "latency_ms_p10": _percentile(times, 10) * 1e3,
             "latency_ms_p90": _percentile(times, 90) * 1e3}
