@@ -222,9 +222,12 @@ def tuned_path(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: 
     # its answers under a cheap tuple of the same facts (stride stands for the memory layout).
     dev = x.device.type
     amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-    fast = (_generation, x.shape, x.stride(), x.dtype, x.device, amp, torch.is_grad_enabled(),
+    fast = (x.shape, x.stride(), x.dtype, x.device, amp, torch.is_grad_enabled(),
             torch.get_num_threads())
-    memo = layer.__dict__.setdefault("_tuned_paths", {})
+    generation, memo = layer.__dict__.get("_tuned_paths", (None, None))
+    if generation != _generation or memo is None:  # choices were forgotten: start afresh
+        memo = {}
+        layer.__dict__["_tuned_paths"] = (_generation, memo)
     if fast in memo:
         return memo[fast]
     choice = _choose(layer, x, r)
