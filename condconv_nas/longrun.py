@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -39,8 +40,12 @@ class LongRunError(UserError, LookupError):
 
 
 def retrain(cfg: StudyConfig, spec: ArchSpec, epochs: int, device: str = "auto", eval_test: bool = False,
-            progress: bool = False) -> tuple[nn.Module, FitResult, Dataset]:
-    """Train `spec` for `epochs` on the full training split; returns (model, FitResult, data)."""
+            progress: bool = False, checkpoint: Path | None = None
+            ) -> tuple[nn.Module, FitResult, Dataset]:
+    """Train `spec` for `epochs` on the full training split; returns (model, FitResult, data).
+
+    With `checkpoint`, a run stopped after an epoch goes on from there when retrained.
+    """
     import torch
 
     from .config import load_study_data
@@ -55,7 +60,8 @@ def retrain(cfg: StudyConfig, spec: ArchSpec, epochs: int, device: str = "auto",
     run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
-    result = fit(model, run_data, recipe, eval_test=eval_test, progress=progress)
+    result = fit(model, run_data, recipe, eval_test=eval_test, progress=progress,
+                 checkpoint=checkpoint)
     return model, result, data
 
 
@@ -127,6 +133,7 @@ def verdict(tau: float, p_value: float, n: int, tau_madds: float = math.nan) -> 
 def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
                  print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Retrain the chosen points (resuming finished ones), store and return the fidelity record."""
+    from .checkpoint import checkpoint_path, remove_checkpoint
     from .storage import open_storage
 
     storage = open_storage(cfg.storage, create=False)
@@ -142,7 +149,11 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
         key = _key(p, epochs)
         if key not in done:
             spec = ArchSpec.from_dict(json.loads(p["spec"]))
-            _, result, _ = retrain(cfg, spec, epochs, device)
+            ckpt = checkpoint_path(cfg.artifacts, study=cfg.name, fidelity=key,
+                                   recipe=dataclasses.asdict(cfg.recipe),
+                                   data=[cfg.dataset, cfg.val_size])
+            _, result, _ = retrain(cfg, spec, epochs, device, checkpoint=ckpt)
+            remove_checkpoint(ckpt)
             done[key] = {"val_acc": result.val_acc, "seconds": result.seconds}
             study.set_user_attr("fidelity_runs", done)  # each run kept as it finishes
         p["long_acc"] = done[key]["val_acc"]

@@ -78,9 +78,10 @@ class Objective:
         """Train the trial's architecture; returns (validation accuracy, MAdds or latency ms)."""
         import torch
 
+        from .checkpoint import checkpoint_path, remove_checkpoint
         from .data import Split, resize
         from .model import build_model
-        from .train import fit
+        from .train import NonFiniteLossError, fit
 
         cfg, data = self.cfg, self.data
         queued = TrialRecord.of(trial.user_attrs)
@@ -134,10 +135,21 @@ class Objective:
             return None
 
         guard = self.isolation.step if self.isolation else contextlib.nullcontext
-        result = fit(model, run_data, recipe, on_epoch=on_epoch, guard=guard)
+        # The run's identity, so a retry of a killed or interrupted attempt (a new trial) goes on
+        # from its last epoch. Kept until the run ends; a non-finite loss would recur: dropped.
+        ckpt = checkpoint_path(cfg.artifacts, study=study.study_name, arch=key, seed=seed,
+                               images=images, recipe=dataclasses.asdict(recipe),
+                               data=[cfg.dataset, cfg.val_size, cfg.train_limit, run_data.size])
+        try:
+            result = fit(model, run_data, recipe, on_epoch=on_epoch, guard=guard, checkpoint=ckpt)
+        except NonFiniteLossError:
+            remove_checkpoint(ckpt)
+            raise
+        remove_checkpoint(ckpt)
         write_record(trial, curve=result.curve, seconds=result.seconds,
                      cpu_seconds=round(result.cpu_seconds, 3),
                      images_per_s=result.images_per_s, epochs_run=result.epochs_run,
+                     **({"resumed_epochs": result.resumed_epochs} if result.resumed_epochs else {}),
                      **({"compile_seconds": round(result.compile_seconds, 3)}
                         if result.compile_seconds is not None else {}),
                      **({"compile_note": result.compile_note} if result.compile_note else {}))

@@ -46,6 +46,7 @@ class TrialRecord:
     epochs_run: int | None = None
     compile_seconds: float | None = None     # torch.compile's share of `seconds` (first step)
     compile_note: str = ""                   # a compile failure the trial survived by going eager
+    resumed_epochs: int = 0                  # epochs a killed attempt's checkpoint supplied
     # Measured inference latency (study key `measure`): median and 90th percentile in ms, whether
     # other workers were paused while it was taken, and on what.
     latency_ms: float | None = None

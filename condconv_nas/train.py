@@ -11,11 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset, Split, augment, normalize
 from .errors import UserError
 from .recipe import SCHEDULES, Recipe, RecipeError  # noqa: F401  (re-exported: train.Recipe)
@@ -53,6 +55,7 @@ class FitResult:
     compile_mode: str | None = None   # the torch.compile mode trained with (None: eager)
     compile_seconds: float | None = None  # the first step's time beyond a steady step's
     compile_note: str = ""            # why a compiled step fell back to eager
+    resumed_epochs: int = 0           # epochs restored from a checkpoint instead of trained here
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -155,7 +158,7 @@ def evaluate(model: nn.Module, split: Split, data: Dataset, batch_size: int = 10
 def fit(model: nn.Module, data: Dataset, recipe: Recipe,
         on_epoch: Callable[[int, float], str | None] | None = None,
         eval_test: bool = False, progress: bool = False,
-        guard: Guard = contextlib.nullcontext) -> FitResult:
+        guard: Guard = contextlib.nullcontext, checkpoint: Path | None = None) -> FitResult:
     """Train `model` on `data` (already on its device) with `recipe`.
 
     Args:
@@ -168,6 +171,8 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
         progress: show a progress bar per epoch on stderr.
         guard: a context every training and evaluation step runs in (a study's measurements
             pause other workers' steps through it, see isolation.py).
+        checkpoint: a file for the state after each epoch; when it holds a state of this run
+            (same epochs and steps), training goes on after its last epoch (checkpoint.py).
     """
     device = data.train.images.device
     cuda = device.type == "cuda"
@@ -197,8 +202,10 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
     check_every = 25 if cuda else 1
 
     result = FitResult(val_acc=0.0, test_acc=None, device=str(device), compile_mode=mode)
-    started, cpu_started = time.perf_counter(), time.process_time()
     train_seconds: list[float] = []
+    start, before, cpu_before = _resume(load_checkpoint(checkpoint), model, opt, sched, gen,
+                                        recipe.epochs, steps_per_epoch, result, train_seconds)
+    started, cpu_started = time.perf_counter(), time.process_time()
     first_step = 0.0  # seconds of the first step: compilation (and graph capture) happen there
 
     def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,7 +218,7 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
             opt.step()
             sched.step()
         return logits, loss
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(start, recipe.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=device)
@@ -225,7 +232,7 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
             y = data.train.labels[idx]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if epoch == 1 and step == 0:
+            if epoch == start and step == 0:
                 t_first = time.perf_counter()
                 try:
                     logits, loss = train_step(x, y)
@@ -277,25 +284,61 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
         if on_epoch is not None and on_epoch(epoch, val_acc) == "stop":
             result.stopped_early = epoch < recipe.epochs
             break
+        if checkpoint is not None and epoch < recipe.epochs:
+            save_checkpoint(checkpoint, {
+                "epochs": recipe.epochs, "steps_per_epoch": steps_per_epoch, "epoch": epoch,
+                "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
+                "curve": result.curve, "train_seconds": train_seconds,
+                "seconds": before + time.perf_counter() - started,
+                "cpu_seconds": cpu_before + time.process_time() - cpu_started})
 
     if eval_test and len(data.test):
         result.test_acc = evaluate(model, data.test, data, recipe.eval_batch_size, bf16,
                                    channels_last, guard)
-    result.seconds = time.perf_counter() - started
-    result.cpu_seconds = time.process_time() - cpu_started
-    # Steady-state throughput: the first epoch carries warm-up (and compilation) when there are more.
-    steady = train_seconds[1:] or train_seconds
+    result.seconds = before + time.perf_counter() - started
+    result.cpu_seconds = cpu_before + time.process_time() - cpu_started
+    # Steady-state throughput: an attempt's first epoch carries warm-up (and compilation) when
+    # there are others.
+    k = start - 1  # this attempt's first epoch; 0 unless resumed
+    steady = [t for i, t in enumerate(train_seconds) if i not in (0, k)] or train_seconds
     result.images_per_s = steps_per_epoch * recipe.batch_size * len(steady) / sum(steady)
-    if result.compile_mode and steps_per_epoch:
+    if result.compile_mode and steps_per_epoch and k < len(train_seconds):
         # Compilation: what the first step took beyond a steady step (the whole first step when
         # there is no other epoch to time a steady one by).
-        per_step = (sum(train_seconds[1:]) / (steps_per_epoch * len(train_seconds[1:]))
-                    if len(train_seconds) > 1 else
-                    (train_seconds[0] - first_step) / max(1, steps_per_epoch - 1))
+        others = [t for i, t in enumerate(train_seconds) if i not in (0, k)]
+        per_step = (sum(others) / (steps_per_epoch * len(others)) if others else
+                    (train_seconds[k] - first_step) / max(1, steps_per_epoch - 1))
         result.compile_seconds = max(0.0, first_step - per_step)
     result.peak_memory_bytes = (torch.cuda.max_memory_allocated(device) if cuda else
                                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return result
+
+
+def _resume(state: dict | None, model: nn.Module, opt: torch.optim.Optimizer,
+            sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator, epochs: int,
+            steps_per_epoch: int, result: FitResult, train_seconds: list[float]
+            ) -> tuple[int, float, float]:
+    """Restore a checkpoint of this run; (first epoch to train, seconds and CPU seconds spent).
+
+    A state of another schedule (other epochs or steps an epoch) is ignored: its learning rates
+    are not this run's.
+    """
+    if not state or (state.get("epochs"), state.get("steps_per_epoch")) != (epochs, steps_per_epoch):
+        return 1, 0.0, 0.0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and gen.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], gen.device)
+    result.curve[:] = state["curve"]
+    train_seconds[:] = state["train_seconds"]
+    result.val_acc, result.epochs_run = result.curve[-1]["val_acc"], state["epoch"]
+    result.resumed_epochs = state["epoch"]
+    return state["epoch"] + 1, float(state["seconds"]), float(state["cpu_seconds"])
 
 
 def _to_channels_last(model: nn.Module) -> None:

@@ -171,3 +171,41 @@ def test_silent_heartbeat_on_another_machine_is_failed_and_retried(tmp_path):
     assert retry[0].user_attrs["worker"] == ""  # not the dead worker's any more
     assert retry[0].params == dead.params
     assert not counted(dead, stale_numbers(trials))  # the dead attempt does not use the budget
+
+
+def test_killed_trial_goes_on_from_its_last_epoch(tmp_path):
+    # One worker, so the only checkpoint is the victim's; three epochs leave time to kill it
+    # after the first is saved. The retry must end exactly where an uninterrupted run of the
+    # same architecture ends in a twin study.
+    def one_trial_study(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": name, "space": str(ROOT / "search_spaces" / "tiny.yaml"),
+            "dataset": "synthetic", "train_limit": 1000,
+            "recipe": {"epochs": 3, "batch_size": 64, "lr": 0.2}, "trials": 1, "seed": 0,
+            "storage": str(tmp_path / f"{name}.journal"), "artifacts": str(tmp_path / name),
+            "heartbeat": {"interval": 1, "grace": 4}}))
+        return path
+
+    path, twin = one_trial_study("killed"), one_trial_study("twin")
+    study = open_study(load_study_config(path), "search")
+    (victim,) = workers(path, 1)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(checkpoints.glob("*.pt")):
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert list(checkpoints.glob("*.pt")), "no checkpoint was written"
+    assert not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), "killed too late"
+    finish(workers(path, 1))
+    (retry,) = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    twin_study = open_study(load_study_config(twin), "search")
+    twin_study.enqueue_trial(retry.params)
+    finish(workers(twin, 1))
+    (straight,) = twin_study.get_trials()
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["resumed_epochs"] >= 1
+    assert retry.params == straight.params and retry.values == straight.values
+    assert [c["loss"] for c in retry.user_attrs["curve"]] == [
+        c["loss"] for c in straight.user_attrs["curve"]]
+    assert not list(checkpoints.glob("*")), "the finished run's checkpoint was left behind"

@@ -67,6 +67,9 @@ def test_fidelity_end_to_end(tmp_path, capsys):
     study = optuna.load_study(study_name="t", storage=open_storage(cfg.storage))
     assert study.user_attrs["fidelity"]["n"] == record["n"]
     assert len(study.user_attrs["fidelity_runs"]) == record["n"]
+    # Each long run saved its epochs and removed its checkpoint when it finished.
+    folder = Path(cfg.artifacts) / "checkpoints"
+    assert folder.is_dir() and not list(folder.iterdir())
     # A second run retrains nothing: every long run is stored.
     assert main(["fidelity", str(path), "--top", "2", "--epochs", "2"]) == 0
     assert f"({record['n']} already done)" in capsys.readouterr().out
