@@ -19,7 +19,7 @@ sections=("$@"); [ ${#sections[@]} -eq 0 ] && sections=(tests layer paths latenc
 tests() {
   echo "== tests on CUDA (layer exactness in float64 on cuda and cpu, model, train, path tuner)"
   python3 -m pytest -q -p no:cacheprovider tests/test_layers.py tests/test_train.py \
-    tests/test_model.py tests/test_pathtune.py tests/test_latency.py 2>&1 | tail -1
+    tests/test_model.py tests/test_pathtune.py tests/test_latency.py tests/test_checkpoint.py 2>&1 | tail -1
 }
 layer() {
   for dt in fp32 bf16; do
