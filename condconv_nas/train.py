@@ -302,12 +302,12 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
     # Steady-state throughput: an attempt's first epoch carries warm-up (and compilation) when
     # there are others.
     k = start - 1  # this attempt's first epoch; 0 unless resumed
-    steady = [t for i, t in enumerate(train_seconds) if i not in (0, k)] or train_seconds
+    others = [t for i, t in enumerate(train_seconds) if i not in (0, k)]
+    steady = others or train_seconds
     result.images_per_s = steps_per_epoch * recipe.batch_size * len(steady) / sum(steady)
-    if result.compile_mode and steps_per_epoch and k < len(train_seconds):
+    if result.compile_mode and steps_per_epoch:
         # Compilation: what the first step took beyond a steady step (the whole first step when
         # there is no other epoch to time a steady one by).
-        others = [t for i, t in enumerate(train_seconds) if i not in (0, k)]
         per_step = (sum(others) / (steps_per_epoch * len(others)) if others else
                     (train_seconds[k] - first_step) / max(1, steps_per_epoch - 1))
         result.compile_seconds = max(0.0, first_step - per_step)
