@@ -142,8 +142,10 @@ def retrain_trial(cfg: StudyConfig, row: pd.Series, epochs: int, device: str = "
 def check_weights(results: StudyResults, row: pd.Series, artifacts: str) -> None:
     """Refuse a trial without stored weights (only front trials keep theirs), naming the fixes."""
     if not (_weights_of(results, row) and artifacts):
+        why = (f"its result was copied from {row.copied_from.replace('#', ' #')}"
+               if row.get("copied_from") else "only front trials keep theirs")
         raise ExportError(f"trial {int(row.number)} of {results.name} has no stored weights "
-                          "(only front trials keep theirs): use --retrain EPOCHS for trained "
+                          f"({why}): use --retrain EPOCHS for trained "
                           "weights, or --untrained for the architecture alone")
 
 

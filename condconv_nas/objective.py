@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from .data import Dataset
 
-__all__ = ["Objective", "arch_key", "feasible_done", "front_size", "should_prune"]
+__all__ = ["Objective", "arch_key", "feasible_done", "front_size", "should_prune", "sibling_run"]
 
 
 def arch_key(spec: ArchSpec) -> str:
@@ -125,6 +125,22 @@ class Objective:
         # Seed index i: init seed and recipe seed both moved by i; index 0 is the search's own.
         torch.manual_seed(cfg.seed + seed)
         recipe = dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + seed, epochs=epochs)
+        # The run's identity, so a retry of a killed or interrupted attempt (a new trial) goes on
+        # from its last epoch. Kept until the run ends; a non-finite loss would recur: dropped.
+        ckpt = checkpoint_path(cfg.artifacts, study=study.study_name, arch=key, seed=seed,
+                               images=images, recipe=dataclasses.asdict(recipe),
+                               data=[cfg.dataset, cfg.val_size, cfg.train_limit, run_data.size])
+        # The same run in a sibling study (a calibration's reference run, a baseline point the
+        # search samples): its result is copied, not trained again. The trial still counts as
+        # its study's own (on fronts, as a pruning witness); it keeps no weights.
+        twin = sibling_run(study, key, seed, epochs, images)
+        if twin is not None:
+            name, done = twin
+            copied = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs}
+            write_record(trial, **copied, copied_from=f"{name}#{done.number}")
+            remove_checkpoint(ckpt)  # an attempt cut short before the twin finished
+            value = (copied.get("latency_ms") if cfg.objective == "latency" else None)
+            return float(done.values[0]), float(cost.madds if value is None else value)
         model = build_model(spec)
         curve: list[dict] = []
 
@@ -135,11 +151,6 @@ class Objective:
             return None
 
         guard = self.isolation.step if self.isolation else contextlib.nullcontext
-        # The run's identity, so a retry of a killed or interrupted attempt (a new trial) goes on
-        # from its last epoch. Kept until the run ends; a non-finite loss would recur: dropped.
-        ckpt = checkpoint_path(cfg.artifacts, study=study.study_name, arch=key, seed=seed,
-                               images=images, recipe=dataclasses.asdict(recipe),
-                               data=[cfg.dataset, cfg.val_size, cfg.train_limit, run_data.size])
         try:
             result = fit(model, run_data, recipe, on_epoch=on_epoch, guard=guard, checkpoint=ckpt)
         except NonFiniteLossError:
@@ -200,6 +211,35 @@ class Objective:
             artifact = upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)),
                                        file_path=str(file), study_or_trial=trial)
         write_record(trial, weights_artifact=artifact)
+
+
+def sibling_run(study: optuna.Study, key: str, seed: int, epochs: int, images: int | None
+                ) -> tuple[str, optuna.trial.FrozenTrial] | None:
+    """A trained run of the same architecture, seed index, epochs and images in a sibling study
+    (X, X.baseline, X.confirm, X.calibrate, X.random) stored under the same training settings."""
+    from .config import same_training, study_root
+    from .optuna_internals import storage_of
+
+    ours = study.user_attrs.get("settings")
+    if ours is None:
+        return None
+    storage, root = storage_of(study), study_root(study.study_name)
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = summary.study_name
+        if name == study.study_name or study_root(name) != root:
+            continue
+        other = optuna.load_study(study_name=name, storage=storage)
+        theirs = other.user_attrs.get("settings")
+        if theirs is None or not same_training(theirs, ours):
+            continue
+        recipe_epochs = (theirs.get("recipe") or {}).get("epochs")
+        for done in feasible_done(other):
+            r = TrialRecord.of(done.user_attrs)
+            if (r.reused_from is None and not r.copied_from and r.arch_key == key
+                    and r.seed == seed and (r.epochs or recipe_epochs) == epochs
+                    and r.train_images == images and r.epochs_run == epochs):
+                return name, done
+    return None
 
 
 def _on_front(study: optuna.Study, acc: float, cost: float, rung: int | None = None) -> bool:

@@ -54,6 +54,7 @@ class TrialRecord:
     latency_isolated: bool | None = None
     latency_device: str = ""
     reused_from: int | None = None           # number of an identical trial whose result is reused
+    copied_from: str = ""                    # "study#number": the same run of a sibling study
     weights_artifact: str = ""               # Optuna artifact id of the trained weights (fronts)
     # Who ran it and what became of it.
     worker: str = ""                         # "host:pid" of the claiming worker

@@ -234,7 +234,9 @@ def _trial_table(trials: pd.DataFrame) -> str:
     for r in trials.to_dict("records"):
         note = r["fail_reason"] or ("over budget" if not r["feasible"] else
                                     f"same as #{int(r['reused_from'])}"
-                                    if pd.notna(r["reused_from"]) else "")
+                                    if pd.notna(r["reused_from"]) else
+                                    f"copied from {r['copied_from'].replace('#', ' #')}"
+                                    if r["copied_from"] else "")
         cells = []
         for c, _ in cols:
             v = note if c == "fail_reason" else r[c]

@@ -28,6 +28,7 @@ __all__ = ["StudyNotFoundError", "StudyResults", "architecture_summary", "calibr
 
 COLUMNS = ["study", "family", "number", "state", "val_acc", "madds", "params", "multiplier",
            "seed", "label", "seconds", "images_per_s", "epochs_run", "feasible", "reused_from",
+           "copied_from",
            "worker", "fail_reason", "weights_artifact", "confirm_of", "rung", "epochs",
            "train_images", "arch_key", "latency_ms", "latency_ms_p90", "latency_isolated", "arch",
            "spec"]
@@ -129,7 +130,8 @@ def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame
             "madds": r.madds if r.madds is not None else values[1], "params": r.params,
             "multiplier": r.multiplier, "seed": r.seed, "label": r.baseline_label,
             "seconds": r.seconds, "images_per_s": r.images_per_s, "epochs_run": r.epochs_run,
-            "feasible": not r.infeasible, "reused_from": r.reused_from, "worker": r.worker,
+            "feasible": not r.infeasible, "reused_from": r.reused_from,
+            "copied_from": r.copied_from, "worker": r.worker,
             "fail_reason": r.fail_reason, "weights_artifact": r.weights_artifact,
             "confirm_of": r.confirm_of, "rung": r.rung, "epochs": r.epochs,
             "train_images": r.train_images, "arch_key": r.arch_key,

@@ -225,7 +225,9 @@ def _progress_line(study: optuna.Study, t: optuna.trial.FrozenTrial, baseline: b
     record = TrialRecord.of(t.user_attrs)
     acc = ("over budget" if record.infeasible else f"acc {t.values[0]:.4f}" if t.values else
            f"acc {record.final_acc():.4f}" if record.curve else "acc -")
-    reused = f" (same as #{record.reused_from})" if record.reused_from is not None else ""
+    reused = (f" (same as #{record.reused_from})" if record.reused_from is not None else
+              f" (copied from {record.copied_from.replace('#', ' #')})" if record.copied_from
+              else "")
     if baseline:
         reused = f"  {record.baseline_label} seed {record.seed}" + reused
     if mf:

@@ -1,0 +1,125 @@
+"""Runs shared between sibling studies: a baseline point that the calibration already trained at
+the same seed and budget is copied, not trained again; its value equals a fresh training of the
+same point in a study of another name; other seeds, budgets and settings are trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from condconv_nas.cli import main
+from condconv_nas.config import load_study_config, result_settings, same_training, study_root
+from condconv_nas.storage import open_storage
+
+ROOT = Path(__file__).parent.parent
+
+
+def _config(tmp_path: Path, name: str, **kw) -> Path:
+    data = {"name": name, "space": str(ROOT / "search_spaces" / "tiny.yaml"),
+            "dataset": "synthetic", "val_size": 1500,  # 500 training images
+            "recipe": {"batch_size": 64, "lr": 0.2, "epochs": 1}, "trials": 2, "seed": 0,
+            "workers": 1, "storage": str(tmp_path / f"{name}.journal"),
+            "baselines": {"families": ["width"], "points": 3, "seeds": 2},
+            "calibration": {"epochs": [1], "train_images": [200], "reference": {"epochs": 1},
+                            "archs": 4}}
+    data.update(kw)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _complete(path: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(load_study_config(path).storage)
+    return [t for t in optuna.load_study(study_name=study, storage=storage).trials
+            if t.state.name == "COMPLETE"]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory) -> Path:
+    """Study c, calibrated once (4 architectures x 1 epoch on 200 and on all images)."""
+    path = _config(tmp_path_factory.mktemp("cal"), "c")
+    assert main(["calibrate", str(path)]) == 0
+    return path
+
+
+def _copy_of(calibrated: Path, tmp_path: Path) -> Path:
+    path = _config(tmp_path, "c")
+    path.with_suffix(".journal").write_bytes(calibrated.with_suffix(".journal").read_bytes())
+    return path
+
+
+def test_baseline_points_the_calibration_trained_are_copied(calibrated, tmp_path, capsys):
+    path = _copy_of(calibrated, tmp_path)
+    ref = {t.user_attrs["arch_key"]: t for t in _complete(path, "c.calibrate")
+           if t.user_attrs.get("train_images") is None}
+    short = {t.user_attrs["arch_key"] for t in _complete(path, "c.calibrate")
+             if t.user_attrs.get("train_images") == 200}
+    capsys.readouterr()
+    assert main(["baselines", str(path)]) == 0
+    lines = "".join(capsys.readouterr())
+    runs = _complete(path, "c.baseline")
+    copied = [t for t in runs if t.user_attrs.get("copied_from")]
+    assert copied, "no baseline point was among the calibration's reference runs"
+    for t in runs:
+        a = t.user_attrs
+        twin = ref.get(a["arch_key"]) if a["seed"] == 0 else None
+        if twin is None:  # another seed, or a point the calibration did not pick: trained
+            assert not a.get("copied_from") and a["epochs_run"] == 1
+            continue
+        assert a["copied_from"] == f"c.calibrate#{twin.number}"
+        assert t.values[0] == twin.values[0] and a["curve"] == twin.user_attrs["curve"]
+        assert f"(copied from c.calibrate #{twin.number})" in lines
+    # Only the reference budget matches: the 1-epoch, 200-image runs are of the same archs.
+    assert {t.user_attrs["arch_key"] for t in copied} <= short
+    # Independent reference: the same points trained from scratch in a study of another name
+    # (not a sibling, so nothing is copied) reach exactly the copied values (CPU is exact).
+    other = _config(tmp_path, "d", baselines={"families": ["width"], "points": 3, "seeds": 1})
+    assert main(["baselines", str(other)]) == 0
+    fresh = {t.user_attrs["arch_key"]: t for t in _complete(other, "d.baseline")}
+    assert all(not t.user_attrs.get("copied_from") for t in fresh.values())
+    for t in copied:
+        assert fresh[t.user_attrs["arch_key"]].values[0] == t.values[0]
+
+
+def test_other_training_settings_are_never_copied(calibrated, tmp_path):
+    """The baselines of a study whose calibration trained on another split train their own."""
+    path = _copy_of(calibrated, tmp_path)
+    # Same storage and root name, another validation split: X.baseline is a new study under
+    # settings the calibration did not train with.
+    cfg = yaml.safe_load(path.read_text())
+    cfg["val_size"] = 1400
+    cfg["baselines"]["seeds"] = 1
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["baselines", str(path)]) == 0
+    runs = _complete(path, "c.baseline")
+    assert runs and all(not t.user_attrs.get("copied_from") for t in runs)
+
+
+@pytest.mark.parametrize("change, same", [
+    ({"recipe": {"epochs": 9}}, True),       # each run's epochs are compared with the run
+    ({"recipe": {"compile": True}}, True),   # how it executes, not what it computes
+    ({"trials": 50, "sampler": "random", "workers": 2}, True),
+    ({"recipe": {"lr": 0.1}}, False),
+    ({"recipe": {"batch_size": 32}}, False),
+    ({"seed": 1}, False),
+    ({"val_size": 1400}, False),
+    ({"train_limit": 300}, False),
+    ({"dataset": "synthetic", "data_dir": "/elsewhere"}, False),
+])
+def test_same_training_compares_what_changes_a_result(tmp_path, change, same):
+    base = result_settings(load_study_config(_config(tmp_path, "a")))
+    data = yaml.safe_load(_config(tmp_path, "a").read_text())
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
+    now = result_settings(load_study_config(tmp_path / "b.yaml"))
+    assert same_training(base, now) is same
+
+
+def test_study_root_strips_one_sibling_suffix():
+    assert [study_root(n) for n in ("x", "x.baseline", "x.confirm", "x.calibrate", "x.random",
+                                    "x.baseline.random", "x.y")] == [
+        "x", "x", "x", "x", "x", "x.baseline", "x.y"]
