@@ -18,7 +18,8 @@ import pandas as pd
 
 from .pareto import kendall_tau
 
-__all__ = ["Budget", "Calibration", "budget_label", "spread", "study_lines", "summarise"]
+__all__ = ["Budget", "Calibration", "budget_label", "seed_agreement", "seed_line", "spread", "study_lines",
+           "summarise"]
 
 Budget = tuple[int, int | None]  # (epochs, training images; None: every image)
 
@@ -76,12 +77,41 @@ def spread(madds: Sequence[float], k: int) -> list[int]:
     return sorted(picked, key=lambda i: madds[i])
 
 
-def summarise(runs: pd.DataFrame, cal: Calibration) -> dict[str, Any]:
+def seed_agreement(replicates: pd.DataFrame) -> dict[str, Any]:
+    """How well the reference ranks itself: Kendall tau between two seeds' accuracies over the
+    architectures trained at both (mean over seed pairs), and the pooled within-architecture
+    seed standard deviation. `replicates`: arch_key, seed, val_acc, one row per run.
+
+    No proxy can be expected to rank like the reference better than the reference's own seeds do.
+    """
+    if replicates.empty:
+        return {"seed_tau": math.nan, "seed_pairs": 0, "seed_archs": 0, "seed_sd": math.nan}
+    wide = replicates.pivot_table(index="arch_key", columns="seed", values="val_acc",
+                                  aggfunc="first")
+    taus = []
+    seeds = sorted(wide.columns)
+    for i, a in enumerate(seeds):
+        for b in seeds[i + 1:]:
+            both = wide[[a, b]].dropna()
+            if len(both) >= 2:
+                taus.append(kendall_tau(both[a].tolist(), both[b].tolist())[0])
+    taus = [t for t in taus if not math.isnan(t)]
+    n = wide.notna().sum(axis=1)
+    deviations = wide.sub(wide.mean(axis=1), axis=0).pow(2).sum(axis=1)[n >= 2]
+    dof = int((n[n >= 2] - 1).sum())
+    return {"seed_tau": sum(taus) / len(taus) if taus else math.nan,
+            "seed_pairs": len(taus), "seed_archs": int((n >= 2).sum()),
+            "seed_sd": math.sqrt(float(deviations.sum()) / dof) if dof else math.nan}
+
+
+def summarise(runs: pd.DataFrame, cal: Calibration,
+              replicates: pd.DataFrame | None = None) -> dict[str, Any]:
     """Per ladder budget: tau with the reference (p), tau of MAdds and params, seconds an arch.
 
     `runs` has one row per finished run: arch_key, epochs, train_images (NaN or None: all),
     val_acc, seconds, madds, params. Each budget is scored on the architectures that finished
-    both it and the reference.
+    both it and the reference. `replicates` (arch_key, seed, val_acc) are every run at the
+    reference budget, the sibling studies' too, for the reference's own seed agreement.
     """
     runs = runs.copy()
     runs["train_images"] = pd.to_numeric(runs.train_images).fillna(0).astype(int)  # 0: all
@@ -109,7 +139,19 @@ def summarise(runs: pd.DataFrame, cal: Calibration) -> dict[str, Any]:
                           # How far apart the architectures are at the reference: a span within
                           # a few seed standard deviations leaves no ranking for a proxy to match.
                           "acc_min": float(ref.ref_acc.min()) if len(ref) else math.nan,
-                          "acc_max": float(ref.ref_acc.max()) if len(ref) else math.nan}}
+                          "acc_max": float(ref.ref_acc.max()) if len(ref) else math.nan,
+                          **seed_agreement(replicates if replicates is not None else
+                                           pd.DataFrame(columns=["arch_key", "seed", "val_acc"]))}}
+
+
+def seed_line(reference: dict[str, Any]) -> str:
+    """One sentence on how well the reference ranks itself across seeds (the ceiling of tau)."""
+    if reference.get("seed_pairs", 0) == 0:
+        return ("the reference's own seed agreement is unknown: one seed per architecture "
+                "(baselines with seeds >= 2 at the reference budget measure it)")
+    return (f"the reference against itself: tau {reference['seed_tau']:.2f} between seeds over "
+            f"{reference['seed_archs']} architectures (seed sd {reference['seed_sd']:.4f}); "
+            "no proxy can be expected to rank better")
 
 
 def study_lines(recommended: dict[str, Any] | None, train_size: int) -> list[str]:

@@ -228,7 +228,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Train the calibration ladder into X.calibrate and recommend the cheapest faithful proxy."""
-    from .calibration import study_lines
+    from .calibration import seed_line, study_lines
     from .study import load_study_config, run_calibrate, with_overrides
 
     _positive(args, "workers", "workers_per_gpu")
@@ -259,6 +259,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for b in out["budgets"]:
         print(f"  {b['label']:<18} {b['archs']:>5} {b['tau']:>6.2f} {b['p_value']:>8.3g} "
               f"{b['tau_madds']:>6.2f} {b['tau_params']:>6.2f} {b['seconds_per_arch']:>8.1f}")
+    print(seed_line(ref))
     rec = out["recommended"]
     if rec is None:
         print(f"no budget reaches tau {out['min_tau']} and beats MAdds alone: search at the "

@@ -216,29 +216,12 @@ class Objective:
 def sibling_run(study: optuna.Study, key: str, seed: int, epochs: int, images: int | None
                 ) -> tuple[str, optuna.trial.FrozenTrial] | None:
     """A trained run of the same architecture, seed index, epochs and images in a sibling study
-    (X, X.baseline, X.confirm, X.calibrate, X.random) stored under the same training settings."""
-    from .config import same_training, study_root
-    from .optuna_internals import storage_of
+    stored under the same training settings (the study, the trial), if any."""
+    from .storage import sibling_runs
 
-    ours = study.user_attrs.get("settings")
-    if ours is None:
-        return None
-    storage, root = storage_of(study), study_root(study.study_name)
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        name = summary.study_name
-        if name == study.study_name or study_root(name) != root:
-            continue
-        other = optuna.load_study(study_name=name, storage=storage)
-        theirs = other.user_attrs.get("settings")
-        if theirs is None or not same_training(theirs, ours):
-            continue
-        recipe_epochs = (theirs.get("recipe") or {}).get("epochs")
-        for done in feasible_done(other):
-            r = TrialRecord.of(done.user_attrs)
-            if (r.reused_from is None and not r.copied_from and r.arch_key == key
-                    and r.seed == seed and (r.epochs or recipe_epochs) == epochs
-                    and r.train_images == images and r.epochs_run == epochs):
-                return name, done
+    for name, done, r, done_epochs in sibling_runs(study):
+        if (r.arch_key, r.seed, done_epochs, r.train_images) == (key, seed, epochs, images):
+            return name, done
     return None
 
 

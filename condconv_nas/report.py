@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import pareto
+from .calibration import seed_line
 from .claims import study_headline
 from .errors import UserError
 from .figures import FAMILY_LABELS, PLOT_CONFIG, build_figures
@@ -220,7 +221,8 @@ def _calibration(summary: dict | None) -> str:
             f"</thead><tbody>{rows}</tbody></table><p class=muted>Kendall τ of each budget's "
             f"validation accuracies with those of the reference ({ref['epochs']} epochs x "
             f"{ref['train_images'] or 'all'} images, {_fmt(ref['seconds_per_arch'], 's')} an "
-            f"architecture) over the same architectures. {verdict}</p>")
+            f"architecture) over the same architectures. {verdict} "
+            f"{html.escape(seed_line(ref)[:1].upper() + seed_line(ref)[1:])}.</p>")
 
 
 def _trial_table(trials: pd.DataFrame) -> str:

@@ -233,6 +233,18 @@ def calibration_of(study: optuna.Study) -> dict[str, Any] | None:
     settings = study.user_attrs.get("calibration")
     if settings is None:
         return None
+    from .storage import sibling_runs
+
+    cal = Calibration.from_dict(settings)
     runs = trials_frame(study)
     runs = runs[(runs.state == "COMPLETE") & runs.val_acc.notna()]
-    return summarise(runs, Calibration.from_dict(settings))
+    # Every run at the reference budget, its siblings' too (baseline seeds, confirmations): one
+    # per architecture and seed index (a run trained twice is the same run).
+    seen: dict[tuple[str, int], float] = {}
+    for _, t, r, epochs in sibling_runs(study, include_self=True):
+        if (epochs, r.train_images) == cal.reference and r.arch_key:
+            seen.setdefault((r.arch_key, r.seed), float(t.values[0]))
+    replicates = pd.DataFrame([{"arch_key": k, "seed": s, "val_acc": v}
+                               for (k, s), v in seen.items()],
+                              columns=["arch_key", "seed", "val_acc"])
+    return summarise(runs, cal, replicates)

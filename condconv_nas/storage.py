@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .config import HEARTBEAT
+from .config import HEARTBEAT, same_training, study_root
 from .errors import UserError
 from .optuna_internals import (
     heartbeat_enabled,
@@ -34,7 +34,7 @@ from .record import QUEUE_FIELDS, TrialRecord, record_attrs
 
 __all__ = ["HEARTBEAT", "RetryStaleTrial", "StorageError", "alive", "beating", "budget_used",
            "claim_lock", "counted", "fail_and_requeue", "heartbeat_enabled", "list_studies",
-           "open_storage", "reap_stale", "stale_numbers"]
+           "open_storage", "reap_stale", "sibling_runs", "stale_numbers"]
 
 
 class StorageError(UserError):
@@ -136,6 +136,35 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
                 set_trial_attrs(study, t, record_attrs(
                     retry_of=trial.number, worker="",
                     retry_reason="its worker stopped beating (heartbeat)"))
+
+
+def sibling_runs(study: optuna.Study, include_self: bool = False
+                 ) -> Iterator[tuple[str, optuna.trial.FrozenTrial, TrialRecord, int]]:
+    """Trained runs of the study's siblings (X, X.baseline, X.confirm, X.calibrate, X.random)
+    stored under the same training settings: (study, trial, record, epochs it trained).
+
+    Only original runs, trained to the end: not over budget, not reused or copied, not pruned.
+    """
+    ours = study.user_attrs.get("settings")
+    if ours is None:
+        return
+    storage, root = storage_of(study), study_root(study.study_name)
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = summary.study_name
+        if study_root(name) != root or (name == study.study_name and not include_self):
+            continue
+        other = study if name == study.study_name else optuna.load_study(study_name=name,
+                                                                           storage=storage)
+        theirs = other.user_attrs.get("settings")
+        if theirs is None or not same_training(theirs, ours):
+            continue
+        recipe_epochs = (theirs.get("recipe") or {}).get("epochs")
+        for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            r = TrialRecord.of(t.user_attrs)
+            epochs = r.epochs or recipe_epochs
+            if (not r.infeasible and r.reused_from is None and not r.copied_from
+                    and r.epochs_run == epochs):
+                yield name, t, r, epochs
 
 
 def stale_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:

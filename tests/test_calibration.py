@@ -139,6 +139,8 @@ def test_calibrate_end_to_end_resumes_and_reports(tmp_path, capsys):
     assert main(["report", str(path), "-o", str(html_out)]) == 0
     page = html_out.read_text()
     assert "id=calibration" in page and "fig-calibration" in page and "1 ep x 200" in page
+    # One seed per architecture: the reference's own agreement is said to be unknown.
+    assert "seed agreement is unknown" in page and out["reference"]["seed_pairs"] == 0
 
 
 @pytest.mark.parametrize("cal, needle", [

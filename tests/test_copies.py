@@ -1,17 +1,23 @@
 """Runs shared between sibling studies: a baseline point that the calibration already trained at
 the same seed and budget is copied, not trained again; its value equals a fresh training of the
-same point in a study of another name; other seeds, budgets and settings are trained."""
+same point in a study of another name; other seeds, budgets and settings are trained. And the
+reference's own seed agreement, from every run at the reference budget, against scipy."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
+from condconv_nas.calibration import seed_agreement
 from condconv_nas.cli import main
 from condconv_nas.config import load_study_config, result_settings, same_training, study_root
+from condconv_nas.results import calibration_of
 from condconv_nas.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
@@ -74,6 +80,19 @@ def test_baseline_points_the_calibration_trained_are_copied(calibrated, tmp_path
         assert f"(copied from c.calibrate #{twin.number})" in lines
     # Only the reference budget matches: the 1-epoch, 200-image runs are of the same archs.
     assert {t.user_attrs["arch_key"] for t in copied} <= short
+    # The reference's own seed agreement now has two seeds of each baseline point: the tau and
+    # pooled seed sd, recomputed by hand from the stored baseline runs.
+    study = optuna.load_study(study_name="c.calibrate",
+                              storage=open_storage(load_study_config(path).storage))
+    ref_summary = calibration_of(study)["reference"]
+    by_seed = {s: {t.user_attrs["arch_key"]: t.values[0] for t in runs
+                   if t.user_attrs["seed"] == s} for s in (0, 1)}
+    keys = sorted(by_seed[1])
+    assert ref_summary["seed_archs"] == len(keys) >= 3 and ref_summary["seed_pairs"] == 1
+    tau = stats.kendalltau([by_seed[0][k] for k in keys], [by_seed[1][k] for k in keys])[0]
+    assert ref_summary["seed_tau"] == pytest.approx(tau)
+    sq = sum((by_seed[0][k] - by_seed[1][k]) ** 2 / 2 for k in keys)  # each pair: 1 dof
+    assert ref_summary["seed_sd"] == pytest.approx(math.sqrt(sq / len(keys)))
     # Independent reference: the same points trained from scratch in a study of another name
     # (not a sibling, so nothing is copied) reach exactly the copied values (CPU is exact).
     other = _config(tmp_path, "d", baselines={"families": ["width"], "points": 3, "seeds": 1})
@@ -123,3 +142,24 @@ def test_study_root_strips_one_sibling_suffix():
     assert [study_root(n) for n in ("x", "x.baseline", "x.confirm", "x.calibrate", "x.random",
                                     "x.baseline.random", "x.y")] == [
         "x", "x", "x", "x", "x", "x.baseline", "x.y"]
+
+
+def test_seed_agreement_by_hand():
+    """Three seeds of four architectures, one missing: mean tau of the three seed pairs over the
+    architectures each pair shares, and the pooled within-architecture sd."""
+    acc = {"a": [0.90, 0.92, 0.91], "b": [0.93, 0.91, None], "c": [0.95, 0.96, 0.97],
+           "d": [0.91, 0.90, 0.94]}
+    rows = [{"arch_key": k, "seed": s, "val_acc": v} for k, vs in acc.items()
+            for s, v in enumerate(vs) if v is not None]
+    got = seed_agreement(pd.DataFrame(rows))
+    taus = []
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        keys = [k for k in acc if acc[k][i] is not None and acc[k][j] is not None]
+        taus.append(stats.kendalltau([acc[k][i] for k in keys], [acc[k][j] for k in keys])[0])
+    assert got["seed_tau"] == pytest.approx(sum(taus) / 3) and got["seed_pairs"] == 3
+    groups = [[v for v in vs if v is not None] for vs in acc.values()]
+    ss = sum(sum((v - sum(g) / len(g)) ** 2 for v in g) for g in groups)
+    assert got["seed_sd"] == pytest.approx(math.sqrt(ss / sum(len(g) - 1 for g in groups)))
+    assert got["seed_archs"] == 4
+    one = seed_agreement(pd.DataFrame([r for r in rows if r["seed"] == 0]))
+    assert one["seed_pairs"] == 0 and math.isnan(one["seed_tau"]) and math.isnan(one["seed_sd"])
