@@ -169,7 +169,7 @@ def test_search_bad_input(tmp_path, capsys, content, extra, needle):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.slow)])
 def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
     import signal
 

@@ -35,7 +35,9 @@ def _pg_url() -> str:
     return url
 
 
-@pytest.fixture(params=["journal", "postgresql"])
+# Every fault test runs on both kinds of storage; the database runs (heartbeats) are `slow`: CI
+# runs them after the default run (`make test-slow`).
+@pytest.fixture(params=["journal", pytest.param("postgresql", marks=pytest.mark.slow)])
 def storage_url(request, tmp_path) -> str:
     return str(tmp_path / "s.journal") if request.param == "journal" else _pg_url()
 
