@@ -16,11 +16,18 @@ python=$(dirname "$cli")/python
 name=$(basename "$study" .yaml)
 
 step() { echo "== $(date -u +%H:%M:%S) $*"; }
-# Baselines first: their two seeds a point measure the seed noise every claim is judged against.
-step "baselines"; "$cli" baselines "$study"
-step "search"; "$cli" search "$study"
-step "confirm"; "$cli" confirm "$study"
-step "fidelity"; "$cli" fidelity "$study" --top "${FIDELITY_TOP:-2}" --epochs "${FIDELITY_EPOCHS:-10}"
+# Steps that do not need each other run side by side, so that no core waits for the last run of
+# a step: the baselines (their two seeds a point measure the seed noise every claim is judged
+# against) beside the search, then the confirmation beside the fidelity check (both need the
+# search's front). Runs are stored as they finish, so a stop loses at most an epoch of each.
+step "baselines and search"
+"$cli" baselines "$study" & baselines=$!
+"$cli" search "$study"
+wait "$baselines"
+step "confirm and fidelity"
+"$cli" fidelity "$study" --top "${FIDELITY_TOP:-2}" --epochs "${FIDELITY_EPOCHS:-10}" & fidelity=$!
+"$cli" confirm "$study"
+wait "$fidelity"
 step "report"; "$cli" report "$study" -o "reports/$name.html"
 "$cli" report "$study" --json > "reports/$name.json"
 step "figures"; "$python" scripts/figure_pngs.py "$study" "${FIGURES:-docs/}"
