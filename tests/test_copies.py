@@ -80,6 +80,11 @@ def test_baseline_points_the_calibration_trained_are_copied(calibrated, tmp_path
         assert f"(copied from c.calibrate #{twin.number})" in lines
     # Only the reference budget matches: the 1-epoch, 200-image runs are of the same archs.
     assert {t.user_attrs["arch_key"] for t in copied} <= short
+    # The report's trial table names the copy's source.
+    assert main(["search", str(path)]) == 0
+    assert main(["report", str(path), "-o", str(tmp_path / "r.html")]) == 0
+    assert f"copied from c.calibrate #{copied[0].user_attrs['copied_from'].split('#')[1]}" in (
+        tmp_path / "r.html").read_text()
     # The reference's own seed agreement now has two seeds of each baseline point: the tau and
     # pooled seed sd, recomputed by hand from the stored baseline runs.
     study = optuna.load_study(study_name="c.calibrate",
