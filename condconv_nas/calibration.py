@@ -77,14 +77,14 @@ def spread(madds: Sequence[float], k: int) -> list[int]:
     return sorted(picked, key=lambda i: madds[i])
 
 
-def seed_agreement(replicates: pd.DataFrame) -> dict[str, Any]:
+def seed_agreement(replicates: pd.DataFrame | None) -> dict[str, Any]:
     """How well the reference ranks itself: Kendall tau between two seeds' accuracies over the
     architectures trained at both (mean over seed pairs), and the pooled within-architecture
     seed standard deviation. `replicates`: arch_key, seed, val_acc, one row per run.
 
     No proxy can be expected to rank like the reference better than the reference's own seeds do.
     """
-    if replicates.empty:
+    if replicates is None or replicates.empty:
         return {"seed_tau": math.nan, "seed_pairs": 0, "seed_archs": 0, "seed_sd": math.nan}
     wide = replicates.pivot_table(index="arch_key", columns="seed", values="val_acc",
                                   aggfunc="first")
@@ -140,16 +140,15 @@ def summarise(runs: pd.DataFrame, cal: Calibration,
                           # a few seed standard deviations leaves no ranking for a proxy to match.
                           "acc_min": float(ref.ref_acc.min()) if len(ref) else math.nan,
                           "acc_max": float(ref.ref_acc.max()) if len(ref) else math.nan,
-                          **seed_agreement(replicates if replicates is not None else
-                                           pd.DataFrame(columns=["arch_key", "seed", "val_acc"]))}}
+                          **seed_agreement(replicates)}}
 
 
 def seed_line(reference: dict[str, Any]) -> str:
     """One sentence on how well the reference ranks itself across seeds (the ceiling of tau)."""
     if reference.get("seed_pairs", 0) == 0:
-        return ("the reference's own seed agreement is unknown: one seed per architecture "
+        return ("The reference's own seed agreement is unknown: one seed per architecture "
                 "(baselines with seeds >= 2 at the reference budget measure it)")
-    return (f"the reference against itself: tau {reference['seed_tau']:.2f} between seeds over "
+    return (f"The reference against itself: tau {reference['seed_tau']:.2f} between seeds over "
             f"{reference['seed_archs']} architectures (seed sd {reference['seed_sd']:.4f}); "
             "no proxy can be expected to rank better")
 

@@ -260,8 +260,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"  {b['label']:<18} {b['archs']:>5} {b['tau']:>6.2f} {b['p_value']:>8.3g} "
               f"{b['tau_madds']:>6.2f} {b['tau_params']:>6.2f} {b['seconds_per_arch']:>8.1f}")
     print(seed_line(ref))
-    rec = out["recommended"]
-    if rec is None:
+    if (rec := out["recommended"]) is None:
         print(f"no budget reaches tau {out['min_tau']} and beats MAdds alone: search at the "
               "reference budget, or add longer budgets to calibration.epochs/train_images")
     else:

@@ -24,10 +24,10 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 __all__ = ["HEARTBEAT", "OBJECTIVES", "SAMPLERS", "BaselineSettings", "MeasureSettings",
-           "PrunerConfig", "SIBLING_SUFFIXES", "StudyConfig", "StudyError",
+           "PrunerConfig", "StudyConfig", "StudyError",
            "baseline_study_config", "calibrate_study_config", "confirm_study_config", "control_study_config",
            "load_study_config", "load_study_data", "manifest", "preprocess_of", "result_settings",
-           "same_training", "settings_differ", "study_root", "with_overrides"]
+           "settings_differ", "with_overrides"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a trial is stale
@@ -357,30 +357,6 @@ def _relative(study_file: Path, target: str) -> Path:
 def with_overrides(cfg: StudyConfig, **changes: Any) -> StudyConfig:
     """The config with CLI overrides applied (None leaves a field as it is)."""
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-
-
-# The sibling studies of a study X share its storage: X.baseline, X.confirm, X.calibrate, X.random.
-SIBLING_SUFFIXES = (".baseline", ".confirm", ".calibrate", ".random")
-
-
-def study_root(name: str) -> str:
-    """The search study a sibling belongs to: its name without the sibling suffix."""
-    for suffix in SIBLING_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two studies' stored settings train a given architecture, seed index, epochs and
-    image count to the same result: data, split, seed, recipe (but its epochs) and measurement."""
-    keys = ("dataset", "data_dir", "val_size", "train_limit", "seed", "measure")
-    if any(a.get(k) != b.get(k) for k in keys):
-        return False
-    skip = ("epochs", *EXECUTION_FIELDS)  # each run's epochs are compared with the run
-    ra, rb = a.get("recipe") or {}, b.get("recipe") or {}
-    return {k: v for k, v in ra.items() if k not in skip} == {k: v for k, v in rb.items()
-                                                              if k not in skip}
 
 
 def baseline_study_config(cfg: StudyConfig) -> StudyConfig:

@@ -26,7 +26,7 @@ from ._version import __version__
 from .cost import CONVENTION, count_cost
 from .errors import UserError
 from .pareto import front
-from .record import SEARCH
+from .record import SEARCH, copy_source
 from .results import StudyResults
 from .space import parse_count
 from .spec import ARCH_FORMAT, ARCH_VERSION, ArchSpec, SpecError, check_arch_header
@@ -142,7 +142,7 @@ def retrain_trial(cfg: StudyConfig, row: pd.Series, epochs: int, device: str = "
 def check_weights(results: StudyResults, row: pd.Series, artifacts: str) -> None:
     """Refuse a trial without stored weights (only front trials keep theirs), naming the fixes."""
     if not (_weights_of(results, row) and artifacts):
-        why = (f"its result was copied from {row.copied_from.replace('#', ' #')}"
+        why = (f"its result was copied from {copy_source(row.copied_from)}"
                if row.get("copied_from") else "only front trials keep theirs")
         raise ExportError(f"trial {int(row.number)} of {results.name} has no stored weights "
                           f"({why}): use --retrain EPOCHS for trained "

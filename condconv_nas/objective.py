@@ -118,18 +118,13 @@ class Objective:
                 reused = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs}
                 write_record(trial, **reused, reused_from=done.number)
                 return float(done.values[0]), float(done.values[1])
-        if images is not None:  # the first n training images: what train_limit n would load
-            data = dataclasses.replace(data, train=Split(data.train.images[:images],
-                                                         data.train.labels[:images]))
-        run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
         # Seed index i: init seed and recipe seed both moved by i; index 0 is the search's own.
-        torch.manual_seed(cfg.seed + seed)
         recipe = dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + seed, epochs=epochs)
         # The run's identity, so a retry of a killed or interrupted attempt (a new trial) goes on
         # from its last epoch. Kept until the run ends; a non-finite loss would recur: dropped.
         ckpt = checkpoint_path(cfg.artifacts, study=study.study_name, arch=key, seed=seed,
                                images=images, recipe=dataclasses.asdict(recipe),
-                               data=[cfg.dataset, cfg.val_size, cfg.train_limit, run_data.size])
+                               data=[cfg.dataset, cfg.val_size, cfg.train_limit, spec.input_size])
         # The same run in a sibling study (a calibration's reference run, a baseline point the
         # search samples): its result is copied, not trained again. The trial still counts as
         # its study's own (on fronts, as a pruning witness); it keeps no weights.
@@ -141,6 +136,11 @@ class Objective:
             remove_checkpoint(ckpt)  # an attempt cut short before the twin finished
             value = (copied.get("latency_ms") if cfg.objective == "latency" else None)
             return float(done.values[0]), float(cost.madds if value is None else value)
+        if images is not None:  # the first n training images: what train_limit n would load
+            data = dataclasses.replace(data, train=Split(data.train.images[:images],
+                                                         data.train.labels[:images]))
+        run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
+        torch.manual_seed(cfg.seed + seed)  # the init seed, moved by the seed index too
         model = build_model(spec)
         curve: list[dict] = []
 

@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["BASELINE_FAMILIES", "FAMILY_ORDER", "QUEUE_FIELDS", "RANDOM", "RESULT_FIELDS", "SEARCH",
            "SEARCH_FAMILIES",
-           "TrialRecord", "record_attrs", "write_record"]
+           "TrialRecord", "copy_source", "record_attrs", "write_record"]
 
 # Families of trials, in the order every table, figure and CSV shows them. Search trials are
 # "search" (the study X) or "random" (its random-sampler control X.random); baseline trials carry
@@ -102,6 +102,11 @@ def record_attrs(**fields: Any) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"{unknown[0]!r} is not a TrialRecord field")
     return dict(fields)
+
+
+def copy_source(copied_from: str) -> str:
+    """A copied run's source as people read it: "study #number"."""
+    return copied_from.replace("#", " #")
 
 
 def write_record(trial: Any, **fields: Any) -> None:

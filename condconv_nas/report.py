@@ -21,7 +21,7 @@ from .calibration import seed_line
 from .claims import study_headline
 from .errors import UserError
 from .figures import FAMILY_LABELS, PLOT_CONFIG, build_figures
-from .record import RANDOM, SEARCH, SEARCH_FAMILIES
+from .record import RANDOM, SEARCH, SEARCH_FAMILIES, copy_source
 from .results import StudyResults
 
 __all__ = ["ReportError", "axes_agree", "build_figures", "headline_json", "latency_headline",
@@ -222,7 +222,7 @@ def _calibration(summary: dict | None) -> str:
             f"validation accuracies with those of the reference ({ref['epochs']} epochs x "
             f"{ref['train_images'] or 'all'} images, {_fmt(ref['seconds_per_arch'], 's')} an "
             f"architecture) over the same architectures. {verdict} "
-            f"{html.escape(seed_line(ref)[:1].upper() + seed_line(ref)[1:])}.</p>")
+            f"{html.escape(seed_line(ref))}.</p>")
 
 
 def _trial_table(trials: pd.DataFrame) -> str:
@@ -237,7 +237,7 @@ def _trial_table(trials: pd.DataFrame) -> str:
         note = r["fail_reason"] or ("over budget" if not r["feasible"] else
                                     f"same as #{int(r['reused_from'])}"
                                     if pd.notna(r["reused_from"]) else
-                                    f"copied from {r['copied_from'].replace('#', ' #')}"
+                                    f"copied from {copy_source(r['copied_from'])}"
                                     if r["copied_from"] else "")
         cells = []
         for c, _ in cols:

@@ -16,11 +16,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from .config import HEARTBEAT, same_training, study_root
+from .config import HEARTBEAT, settings_differ
 from .errors import UserError
 from .optuna_internals import (
     heartbeat_enabled,
@@ -32,9 +33,13 @@ from .optuna_internals import (
 )
 from .record import QUEUE_FIELDS, TrialRecord, record_attrs
 
-__all__ = ["HEARTBEAT", "RetryStaleTrial", "StorageError", "alive", "beating", "budget_used",
-           "claim_lock", "counted", "fail_and_requeue", "heartbeat_enabled", "list_studies",
-           "open_storage", "reap_stale", "sibling_runs", "stale_numbers"]
+__all__ = ["HEARTBEAT", "SIBLING_SUFFIXES", "RetryStaleTrial", "StorageError", "alive", "beating",
+           "budget_used", "claim_lock", "counted", "fail_and_requeue", "heartbeat_enabled",
+           "list_studies", "open_storage", "reap_stale", "same_training", "sibling_runs",
+           "stale_numbers", "study_root"]
+
+# The sibling studies of a study X share its storage: X.baseline, X.confirm, X.calibrate, X.random.
+SIBLING_SUFFIXES = (".baseline", ".confirm", ".calibrate", ".random")
 
 
 class StorageError(UserError):
@@ -136,6 +141,22 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
                 set_trial_attrs(study, t, record_attrs(
                     retry_of=trial.number, worker="",
                     retry_reason="its worker stopped beating (heartbeat)"))
+
+
+def study_root(name: str) -> str:
+    """The search study a sibling belongs to: its name without the sibling suffix."""
+    for suffix in SIBLING_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two studies' stored settings train a given architecture, seed index, epochs and
+    image count to the same result: data, split, seed, recipe (but its epochs) and measurement."""
+    keys = ("dataset", "data_dir", "val_size", "train_limit", "seed", "measure", "recipe")
+    # Each run's epochs are compared with the run; execution fields never count (settings_differ).
+    return all(d == "recipe.epochs" for d in settings_differ({k: a[k] for k in keys if k in a}, b))
 
 
 def sibling_runs(study: optuna.Study, include_self: bool = False

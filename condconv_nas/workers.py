@@ -23,7 +23,7 @@ from .config import StudyConfig, load_study_data, preprocess_of
 from .multifidelity import MultiFidelity, to_promote
 from .objective import Objective, front_size
 from .optuna_internals import frozen, record_heartbeat, set_trial_attrs, set_trial_state
-from .record import TrialRecord, record_attrs, write_record
+from .record import TrialRecord, copy_source, record_attrs, write_record
 from .samplers import make_sampler
 from .storage import (
     beating,
@@ -226,7 +226,7 @@ def _progress_line(study: optuna.Study, t: optuna.trial.FrozenTrial, baseline: b
     acc = ("over budget" if record.infeasible else f"acc {t.values[0]:.4f}" if t.values else
            f"acc {record.final_acc():.4f}" if record.curve else "acc -")
     reused = (f" (same as #{record.reused_from})" if record.reused_from is not None else
-              f" (copied from {record.copied_from.replace('#', ' #')})" if record.copied_from
+              f" (copied from {copy_source(record.copied_from)})" if record.copied_from
               else "")
     if baseline:
         reused = f"  {record.baseline_label} seed {record.seed}" + reused
