@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +134,6 @@ def verdict(tau: float, p_value: float, n: int, tau_madds: float = math.nan) -> 
 def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
                  print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Retrain the chosen points (resuming finished ones), store and return the fidelity record."""
-    from .checkpoint import checkpoint_path, remove_checkpoint
     from .storage import open_storage
 
     storage = open_storage(cfg.storage, create=False)
@@ -143,20 +143,16 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
         raise LongRunError(f"study {cfg.name} has no completed trials; run the search first")
     study = optuna.load_study(study_name=cfg.name, storage=storage)
     done: dict[str, Any] = dict(study.user_attrs.get("fidelity_runs") or {})
+    pending = {_key(p, epochs): p for p in points if _key(p, epochs) not in done}
     print_fn(f"fidelity of {cfg.name}: {len(points)} architectures, {epochs} epochs each on the "
-             f"full training split ({sum(_key(p, epochs) in done for p in points)} already done)")
+             f"full training split ({len(points) - len(pending)} already done)")
+    for key, acc, seconds in _long_runs(cfg, pending, epochs, device):
+        done[key] = {"val_acc": acc, "seconds": seconds}
+        study.set_user_attr("fidelity_runs", done)  # each run kept as it finishes
+        p = pending[key]
+        print_fn(f"  trained {p['source']} {p['name']}: {epochs}-epoch {acc:.4f} ({seconds:.0f} s)")
     for i, p in enumerate(points, 1):
-        key = _key(p, epochs)
-        if key not in done:
-            spec = ArchSpec.from_dict(json.loads(p["spec"]))
-            ckpt = checkpoint_path(cfg.artifacts, study=cfg.name, fidelity=key,
-                                   recipe=dataclasses.asdict(cfg.recipe),
-                                   data=[cfg.dataset, cfg.val_size])
-            _, result, _ = retrain(cfg, spec, epochs, device, checkpoint=ckpt)
-            remove_checkpoint(ckpt)
-            done[key] = {"val_acc": result.val_acc, "seconds": result.seconds}
-            study.set_user_attr("fidelity_runs", done)  # each run kept as it finishes
-        p["long_acc"] = done[key]["val_acc"]
+        p["long_acc"] = done[_key(p, epochs)]["val_acc"]
         print_fn(f"  {i}/{len(points)} {p['source']:>8} {p['name']:<22} {p['madds'] / 1e6:7.2f}M  "
                  f"proxy {p['proxy_acc']:.4f}  {epochs}-epoch {p['long_acc']:.4f}")
     long = [p["long_acc"] for p in points]
@@ -169,6 +165,47 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
               "points": [{k: v for k, v in p.items() if k != "spec"} for p in points]}
     study.set_user_attr("fidelity", record)
     return record
+
+
+def _long_runs(cfg: StudyConfig, points: dict[str, dict[str, Any]], epochs: int, device: str
+               ) -> Iterator[tuple[str, float, float]]:
+    """Train each point's long run; yields (key, accuracy, seconds) as each finishes.
+
+    Runs go to the study's worker processes when it has several (each with its share of the CPU
+    threads, GPUs round robin), since a fidelity check is a few runs each several proxies long.
+    """
+    from .workers import resolve_workers, visible_gpus
+
+    jobs = list(points.items())
+    n = min(resolve_workers(cfg).workers or 1, len(jobs))
+    dev = device if device != "auto" else cfg.device
+    gpus = 0 if dev == "cpu" else visible_gpus(dataclasses.replace(cfg, device=dev))
+    if n <= 1:
+        for key, p in jobs:
+            yield _long_run(cfg, key, p["spec"], epochs, device)
+        return
+    from joblib import Parallel, delayed
+
+    threads = max(1, len(os.sched_getaffinity(0)) // n)
+    yield from Parallel(n_jobs=n, backend="loky", return_as="generator_unordered")(
+        delayed(_long_run)(cfg, key, p["spec"], epochs, f"cuda:{i % gpus}" if gpus else dev,
+                           threads)
+        for i, (key, p) in enumerate(jobs))
+
+
+def _long_run(cfg: StudyConfig, key: str, spec: str, epochs: int, device: str,
+              threads: int | None = None) -> tuple[str, float, float]:
+    """One long run (resumed from its checkpoint if one was stopped); (key, accuracy, seconds)."""
+    from .checkpoint import checkpoint_path, remove_checkpoint
+
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read by fit, in this worker process
+    ckpt = checkpoint_path(cfg.artifacts, study=cfg.name, fidelity=key,
+                           recipe=dataclasses.asdict(cfg.recipe), data=[cfg.dataset, cfg.val_size])
+    _, result, _ = retrain(cfg, ArchSpec.from_dict(json.loads(spec)), epochs, device,
+                           checkpoint=ckpt)
+    remove_checkpoint(ckpt)
+    return key, result.val_acc, result.seconds
 
 
 def _key(point: dict[str, Any], epochs: int) -> str:

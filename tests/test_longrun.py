@@ -77,3 +77,33 @@ def test_fidelity_end_to_end(tmp_path, capsys):
     assert main(["report", str(path), "-o", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert "Proxy fidelity" in page and "Kendall" in page
+
+
+def test_fidelity_runs_in_the_study_workers_as_a_single_process_would(tmp_path, capsys,
+                                                                        monkeypatch):
+    from condconv_nas import longrun
+    from condconv_nas.longrun import _key, retrain
+    from condconv_nas.spec import ArchSpec
+
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "w", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
+        "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 3, "seed": 0,
+        "train_limit": 400, "workers": 2,
+        "baselines": {"families": ["width"], "points": 2, "seeds": 1}}))
+    cfg = load_study_config(path)
+    run_search(cfg, print_fn=lambda s: None)
+    run_baselines(cfg, print_fn=lambda s: None)
+    monkeypatch.setattr(longrun.os, "sched_getaffinity", lambda pid: {0, 1})  # 1 thread a worker
+    assert main(["fidelity", str(path), "--top", "1", "--epochs", "2", "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    record = json.loads(out[-1])
+    assert record["n"] == 2 and sum(line.startswith("  trained ") for line in out) == 2
+    # Each stored long run equals the same run trained here, in this process, on one thread.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runs = optuna.load_study(study_name="w", storage=open_storage(cfg.storage)
+                             ).user_attrs["fidelity_runs"]
+    points = fidelity_points(load_results(open_storage(cfg.storage), "w").finished, 1)
+    for p in points:
+        _, result, _ = retrain(cfg, ArchSpec.from_dict(json.loads(p["spec"])), 2, "cpu")
+        assert runs[_key(p, 2)]["val_acc"] == result.val_acc
