@@ -176,7 +176,9 @@ def _long_runs(cfg: StudyConfig, points: dict[str, dict[str, Any]], epochs: int,
     """
     from .workers import resolve_workers, visible_gpus
 
-    jobs = list(points.items())
+    # Longest first (MAdds as the guess of a run's length), so that no worker starts the
+    # longest run last while the others are done.
+    jobs = sorted(points.items(), key=lambda kv: -kv[1]["madds"])
     n = min(resolve_workers(cfg).workers or 1, len(jobs))
     dev = device if device != "auto" else cfg.device
     gpus = 0 if dev == "cpu" else visible_gpus(dataclasses.replace(cfg, device=dev))
