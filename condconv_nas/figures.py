@@ -390,12 +390,18 @@ def calibration_plot(info: CalibrationInfo) -> go.Figure:
                              marker={"size": 10, "color": colors}, name="proxy budget",
                              hovertemplate="%{text}<br>%{x:.1f} s an architecture"
                                            "<br>tau %{y:.2f}<extra></extra>"))
-    for y, text, dash in ((info.min_tau, f"tau wanted ({info.min_tau:g})", "dash"),
-                          (info.tau_madds, "MAdds alone", "dot"),
-                          (info.tau_params, "params alone", "dashdot")):
-        if y == y:
-            fig.add_hline(y=y, line={"color": "#7f7f7f", "dash": dash, "width": 1},
-                          annotation_text=text, annotation_position="bottom right")
+    lines = sorted((y, text, dash) for y, text, dash in (
+        (info.min_tau, f"tau wanted ({info.min_tau:g})", "dash"),
+        (info.tau_madds, f"MAdds alone ({info.tau_madds:.2f})", "dot"),
+        (info.tau_params, f"params alone ({info.tau_params:.2f})", "dashdot")) if y == y)
+    labels: dict[int, list[str]] = {}  # lines closer than a label's height share one label,
+    for i, (y, text, _) in enumerate(lines):  # under the lowest of them
+        low = next((j for j in labels if y - lines[j][0] < 0.15), i)
+        labels.setdefault(low, []).append(text)
+    for i, (y, _, dash) in enumerate(lines):
+        label = ({"annotation_text": ", ".join(labels[i]), "annotation_position": "bottom right"}
+                 if i in labels else {})
+        fig.add_hline(y=y, line={"color": "#7f7f7f", "dash": dash, "width": 1}, **label)
     fig.update_layout(title="Proxy budgets: rank agreement with the reference against cost"
                       + (f" (recommended: {info.recommended})" if info.recommended else ""),
                       xaxis={"title": "training seconds an architecture", "type": "log"},

@@ -225,3 +225,20 @@ def test_an_unknown_family_is_kept_out_of_pareto_and_edf_but_not_hypervolume(res
     means = done[done.family == "zzz"].groupby("multiplier")[["madds", "val_acc"]].mean()
     points = list(zip(norm.cost(means.madds.to_numpy()), norm.quality(means.val_acc.to_numpy())))
     assert dict(hv.baselines)["zzz"] == pytest.approx(_area(points), abs=1e-9)
+
+
+@pytest.mark.parametrize("madds, params, labels", [
+    # MAdds and params alone within a label's height of each other: one label, on the lower line.
+    (-0.04, 0.0, ["MAdds alone (-0.04), params alone (0.00)", "tau wanted (0.7)"]),
+    (-0.5, 0.3, ["MAdds alone (-0.50)", "params alone (0.30)", "tau wanted (0.7)"]),
+    (0.62, 0.1, ["params alone (0.10)", "MAdds alone (0.62), tau wanted (0.7)"]),
+])
+def test_calibration_lines_never_stack_their_labels(madds, params, labels):
+    from condconv_nas.figures import CalibrationInfo, calibration_plot
+
+    fig = calibration_plot(CalibrationInfo(("1 ep x 2000",), (25.0,), (0.1,), madds, params, 0.7,
+                                           None))
+    assert len(fig.layout.shapes) == 3  # every line is drawn
+    shown = sorted((a.y, a.text) for a in fig.layout.annotations)
+    assert [text for _, text in shown] == labels
+    assert all(abs(a - b) >= 0.15 for (a, _), (b, _) in zip(shown, shown[1:]))
