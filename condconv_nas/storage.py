@@ -14,9 +14,10 @@ import fcntl
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 from optuna.trial import TrialState
@@ -71,17 +72,38 @@ def open_storage(url: str, create: bool = True, heartbeat: tuple[int, int] = HEA
         file = Path(url[len("sqlite:///"):])
         if file.name and not file.parent.is_dir():
             raise StorageError(f"storage {url}: folder {file.parent} does not exist")
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat[0],
-                                          grace_period=heartbeat[1],
-                                          heartbeat_stale_trial_callback=RetryStaleTrial())
-    except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot open"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, ImportError):  # the URL is fine, its database driver is missing
-            raise StorageError(f"storage {url}: its database driver is not installed; pip "
-                               "install 'condconv-nas[postgres]' (PostgreSQL) or the driver "
-                               "SQLAlchemy names for this URL") from None
-        raise StorageError(f"storage {url}: cannot be opened ({reason[:160]})") from None
+    for attempt in range(CREATE_TRIES):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat[0],
+                                              grace_period=heartbeat[1],
+                                              heartbeat_stale_trial_callback=RetryStaleTrial())
+        except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot open"
+            if _creation_race(err) and attempt + 1 < CREATE_TRIES:
+                time.sleep(0.5 * (attempt + 1))  # the other process's tables are there next time
+                continue
+            _cannot_open(url, err)
+    raise AssertionError("unreachable")
+
+
+# Workers started together on a fresh database all create Optuna's tables; PostgreSQL lets one
+# win and fails the others (duplicate key / already exists). Opening again then finds the tables.
+CREATE_TRIES = 5
+
+
+def _creation_race(err: Exception) -> bool:
+    """Whether opening failed only because another process created the same tables meanwhile."""
+    text = str(err).lower()
+    return "duplicate key" in text or "already exists" in text
+
+
+def _cannot_open(url: str, err: Exception) -> NoReturn:
+    """Raise the one-line StorageError for a database storage that cannot be opened."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, ImportError):  # the URL is fine, its database driver is missing
+        raise StorageError(f"storage {url}: its database driver is not installed; pip "
+                           "install 'condconv-nas[postgres]' (PostgreSQL) or the driver "
+                           "SQLAlchemy names for this URL") from None
+    raise StorageError(f"storage {url}: cannot be opened ({reason[:160]})") from None
 
 
 def list_studies(url: str) -> list[dict]:

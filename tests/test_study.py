@@ -387,3 +387,39 @@ def test_pruner_ignores_repeats_of_one_architecture(tmp_path):
         study.add_trial(optuna.trial.create_trial(values=[0.9, 100.0], user_attrs=attrs))
     assert not should_prune(study, 200, 2, 0.8, PrunerConfig(k=2, warmup_epochs=1))
     assert should_prune(study, 200, 2, 0.8, PrunerConfig(k=1, warmup_epochs=1))
+
+
+def test_opening_a_fresh_database_beside_other_processes_retries_the_table_race(monkeypatch):
+    import optuna
+
+    from condconv_nas import storage as storage_mod
+
+    calls: list[str] = []
+
+    class Racing:
+        """RDBStorage as a worker sees it when another one created the tables an instant ago."""
+
+        def __init__(self, url: str, **kwargs) -> None:
+            calls.append(url)
+            if len(calls) < 3:
+                raise RuntimeError('(psycopg.errors.UniqueViolation) duplicate key value violates '
+                                   'unique constraint "pg_type_typname_nsp_index"')
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    monkeypatch.setattr(storage_mod.time, "sleep", lambda s: None)
+    assert isinstance(storage_mod.open_storage("postgresql://h/db"), Racing) and len(calls) == 3
+    # Any other failure is reported at once, and a race that never ends is reported too.
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage",
+                        lambda url, **kw: calls.append(url) or (_ for _ in ()).throw(
+                            RuntimeError("connection refused")))
+    with pytest.raises(StorageError, match="cannot be opened .connection refused"):
+        storage_mod.open_storage("postgresql://h/db")
+    assert len(calls) == 1
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage",
+                        lambda url, **kw: calls.append(url) or (_ for _ in ()).throw(
+                            RuntimeError("relation already exists")))
+    with pytest.raises(StorageError, match="already exists"):
+        storage_mod.open_storage("postgresql://h/db")
+    assert len(calls) == storage_mod.CREATE_TRIES
