@@ -303,9 +303,14 @@ def fail_and_requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: s
 
 @contextlib.contextmanager
 def claim_lock(storage_url: str) -> Iterator[None]:
-    """Serialise 'count, then ask' across local processes so the trial budget is never exceeded."""
+    """Serialise 'count, then ask' so the trial budget is never exceeded: a file lock beside a
+    journal or SQLite file, an advisory lock on PostgreSQL (every machine of the study)."""
+    if storage_url.startswith("postgresql"):
+        with _pg_advisory_lock(storage_url):
+            yield
+        return
     if "://" in storage_url and not storage_url.startswith("sqlite:///"):
-        yield  # databases across machines: see reap_stale and the worker docs
+        yield  # other databases: workers recount after asking (workers._over_budget)
         return
     target = storage_url[len("sqlite:///"):] if "://" in storage_url else storage_url
     with open(f"{target}.claim.lock", "a") as f:
@@ -314,3 +319,27 @@ def claim_lock(storage_url: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# One key for the claims of every study in a database: a claim holds it for a few queries.
+CLAIM_LOCK_KEY = 0x636F6E64636F6E76  # "condconv"
+
+
+@contextlib.contextmanager
+def _pg_advisory_lock(url: str) -> Iterator[None]:
+    """PostgreSQL's session advisory lock, on a connection of its own that closes after use, so a
+    worker that dies holding it lets it go with its connection."""
+    import sqlalchemy
+
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": CLAIM_LOCK_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": CLAIM_LOCK_KEY})
+
+
+_ENGINES: dict[str, Any] = {}

@@ -147,7 +147,8 @@ def _over_budget(study: optuna.Study, trial: optuna.Trial, total: int) -> bool:
 
     The trials that use the budget, by number, are kept up to `total`; a later one gives itself
     up (failed and stale: it never ran). A promotion that another machine queued too is kept
-    once, the lower number. Local storages hold the claim lock, so it never fires.
+    once, the lower number. Journal and SQLite files and PostgreSQL hold the claim lock, so it
+    fires only on other databases.
     """
     trials = study.get_trials(deepcopy=False)
     stale = stale_numbers(trials)

@@ -100,7 +100,7 @@ def test_three_workers_share_one_study(tmp_path, storage_url):
     trials = check_study(path)
     owners = {t.user_attrs["worker"] for t in trials}
     assert len(owners) >= 2, outs  # the work really was shared
-    # On a database count-then-ask is not atomic: a claim past the budget gives itself up
+    # Where claims hold no lock (databases other than PostgreSQL) a claim past the budget gives itself up
     # before it trains (workers._over_budget). Any other failure is a fault.
     assert not any(t.state == TrialState.FAIL and not _gave_up(t) for t in trials), [
         (t.number, t.user_attrs.get("fail_reason"), t.user_attrs.get("stale")) for t in trials
@@ -243,3 +243,30 @@ def test_workers_started_together_on_a_fresh_database_all_open_it():
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+@pytest.mark.slow
+def test_claims_on_postgresql_hold_one_lock_across_connections():
+    import threading
+
+    from condconv_nas.storage import claim_lock
+
+    url, times = _pg_url(), {}
+    inside = threading.Event()
+
+    def first() -> None:
+        with claim_lock(url):
+            times["a_in"] = time.monotonic()
+            inside.set()
+            time.sleep(1.0)
+            times["a_out"] = time.monotonic()
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert inside.wait(30)
+    with claim_lock(url):  # another connection, as another machine's worker has
+        times["b_in"] = time.monotonic()
+    a.join()
+    assert times["b_in"] >= times["a_out"]  # waited for the first claim to end
+    with claim_lock(url):  # released: taken again at once
+        pass

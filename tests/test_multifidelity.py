@@ -129,7 +129,7 @@ def check_rungs(path: Path) -> list[optuna.trial.FrozenTrial]:
     assert to_promote(*_promotions(trials), cfg.multifidelity) is None  # none lost
     results, _ = _promotions(trials)
     assert len(promoted) >= len(results.get(0, [])) // MF["eta"]
-    # A claim past the budget (databases: count-then-ask is not atomic) never ran: no retry.
+    # A claim past the budget (databases without the claim lock) never ran: no retry.
     for dead in (t for t in trials if t.number in stale and not _gave_up(t)):
         retries = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
         assert len(retries) == 1 and retries[0].params == dead.params
