@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 import yaml
 
 from condconv_nas.cli import main
@@ -79,6 +80,7 @@ def test_fidelity_end_to_end(tmp_path, capsys):
     assert "Proxy fidelity" in page and "Kendall" in page
 
 
+@pytest.mark.slow  # worker processes start torch: 1.5 min of the default run's 10
 def test_fidelity_runs_in_the_study_workers_as_a_single_process_would(tmp_path, capsys,
                                                                         monkeypatch):
     from condconv_nas import longrun
