@@ -174,21 +174,21 @@ def _long_runs(cfg: StudyConfig, points: dict[str, dict[str, Any]], epochs: int,
     Runs go to the study's worker processes when it has several (each with its share of the CPU
     threads, GPUs round robin), since a fidelity check is a few runs each several proxies long.
     """
-    from .workers import resolve_workers, visible_gpus
+    from .workers import cpu_share, resolve_workers, visible_gpus
 
     # Longest first (MAdds as the guess of a run's length), so that no worker starts the
     # longest run last while the others are done.
     jobs = sorted(points.items(), key=lambda kv: -kv[1]["madds"])
     n = min(resolve_workers(cfg).workers or 1, len(jobs))
     dev = device if device != "auto" else cfg.device
-    gpus = 0 if dev == "cpu" else visible_gpus(dataclasses.replace(cfg, device=dev))
     if n <= 1:
         for key, p in jobs:
-            yield _long_run(cfg, key, p["spec"], epochs, device)
+            yield _long_run(cfg, key, p["spec"], epochs, dev)
         return
     from joblib import Parallel, delayed
 
-    threads = max(1, len(os.sched_getaffinity(0)) // n)
+    gpus = 0 if dev == "cpu" else visible_gpus(dataclasses.replace(cfg, device=dev))
+    threads = cpu_share(n)
     yield from Parallel(n_jobs=n, backend="loky", return_as="generator_unordered")(
         delayed(_long_run)(cfg, key, p["spec"], epochs, f"cuda:{i % gpus}" if gpus else dev,
                            threads)

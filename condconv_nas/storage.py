@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import socket
 import threading
@@ -72,17 +73,17 @@ def open_storage(url: str, create: bool = True, heartbeat: tuple[int, int] = HEA
         file = Path(url[len("sqlite:///"):])
         if file.name and not file.parent.is_dir():
             raise StorageError(f"storage {url}: folder {file.parent} does not exist")
-    for attempt in range(CREATE_TRIES):
+    tries = 0
+    while True:
         try:
             return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat[0],
                                               grace_period=heartbeat[1],
                                               heartbeat_stale_trial_callback=RetryStaleTrial())
         except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot open"
-            if _creation_race(err) and attempt + 1 < CREATE_TRIES:
-                time.sleep(0.5 * (attempt + 1))  # the other process's tables are there next time
-                continue
-            _cannot_open(url, err)
-    raise AssertionError("unreachable")
+            tries += 1
+            if not _creation_race(err) or tries == CREATE_TRIES:
+                _cannot_open(url, err)
+            time.sleep(0.5 * tries)  # the other process's tables are there next time
 
 
 # Workers started together on a fresh database all create Optuna's tables; PostgreSQL lets one
@@ -331,10 +332,7 @@ def _pg_advisory_lock(url: str) -> Iterator[None]:
     worker that dies holding it lets it go with its connection."""
     import sqlalchemy
 
-    engine = _ENGINES.get(url)
-    if engine is None:
-        engine = _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    with engine.connect() as conn:
+    with _engine(url).connect() as conn:
         conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": CLAIM_LOCK_KEY})
         try:
             yield
@@ -342,4 +340,9 @@ def _pg_advisory_lock(url: str) -> Iterator[None]:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": CLAIM_LOCK_KEY})
 
 
-_ENGINES: dict[str, Any] = {}
+@functools.cache
+def _engine(url: str) -> Any:
+    """One SQLAlchemy engine a database URL for the claim lock (NullPool: no idle connections)."""
+    import sqlalchemy
+
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)

@@ -40,8 +40,8 @@ from .storage import (
 if TYPE_CHECKING:
     from .data import Dataset
 
-__all__ = ["deferred_interrupt", "pending_promotion", "resolve_workers", "run_worker", "run_workers",
-           "worker_envs"]
+__all__ = ["cpu_share", "deferred_interrupt", "pending_promotion", "resolve_workers", "run_worker",
+           "run_workers", "worker_envs"]
 
 
 @contextlib.contextmanager
@@ -284,13 +284,18 @@ def run_workers(cfg: StudyConfig, print_fn: Callable[[str], None], baseline: boo
     return sum(ran)
 
 
+def cpu_share(workers: int, cores: int | None = None) -> int:
+    """Threads each of `workers` processes gets of the cores this process may use (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    return max(1, cores // workers)
+
+
 def worker_envs(cfg: StudyConfig, gpus: int | None = None,
                 cores: int | None = None) -> list[dict[str, str]]:
     """Each worker's environment: its GPU (round robin, so N per GPU when workers = N x GPUs)
     and its share of the CPU threads, so several workers on a GPU do not oversubscribe the host."""
     gpus = visible_gpus(cfg) if gpus is None else gpus
-    cores = len(os.sched_getaffinity(0)) if cores is None else cores
-    threads = str(max(1, cores // cfg.workers))
+    threads = str(cpu_share(cfg.workers, cores))
     if gpus:
         return [{"CUDA_VISIBLE_DEVICES": str(i % gpus), "OMP_NUM_THREADS": threads}
                 for i in range(cfg.workers)]

@@ -409,17 +409,16 @@ def test_opening_a_fresh_database_beside_other_processes_retries_the_table_race(
     monkeypatch.setattr(storage_mod.time, "sleep", lambda s: None)
     assert isinstance(storage_mod.open_storage("postgresql://h/db"), Racing) and len(calls) == 3
     # Any other failure is reported at once, and a race that never ends is reported too.
-    calls.clear()
-    monkeypatch.setattr(optuna.storages, "RDBStorage",
-                        lambda url, **kw: calls.append(url) or (_ for _ in ()).throw(
-                            RuntimeError("connection refused")))
-    with pytest.raises(StorageError, match="cannot be opened .connection refused"):
-        storage_mod.open_storage("postgresql://h/db")
-    assert len(calls) == 1
-    calls.clear()
-    monkeypatch.setattr(optuna.storages, "RDBStorage",
-                        lambda url, **kw: calls.append(url) or (_ for _ in ()).throw(
-                            RuntimeError("relation already exists")))
-    with pytest.raises(StorageError, match="already exists"):
-        storage_mod.open_storage("postgresql://h/db")
-    assert len(calls) == storage_mod.CREATE_TRIES
+    for message, match, tries in (("connection refused", "cannot be opened .connection refused", 1),
+                                  ("relation already exists", "already exists",
+                                   storage_mod.CREATE_TRIES)):
+        calls.clear()
+
+        def failing(url: str, message: str = message, **kwargs) -> None:
+            calls.append(url)
+            raise RuntimeError(message)
+
+        monkeypatch.setattr(optuna.storages, "RDBStorage", failing)
+        with pytest.raises(StorageError, match=match):
+            storage_mod.open_storage("postgresql://h/db")
+        assert len(calls) == tries
