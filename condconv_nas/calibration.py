@@ -153,6 +153,16 @@ def seed_line(reference: dict[str, Any]) -> str:
             "no proxy can be expected to rank better")
 
 
+def verdict_line(summary: dict[str, Any]) -> str:
+    """One sentence naming the recommended budget, or saying that none qualifies and what to do."""
+    if (rec := summary.get("recommended")) is None:
+        return (f"No budget reaches tau {summary['min_tau']:g} and beats MAdds alone: search at "
+                "the reference budget, or add longer budgets to calibration.epochs/train_images")
+    return (f"The cheapest budget whose tau reaches {summary['min_tau']:g} and beats MAdds alone "
+            f"is {rec['label']} (tau {rec['tau']:.2f}, {rec['seconds_per_arch']:.1f} s an "
+            "architecture)")
+
+
 def study_lines(recommended: dict[str, Any] | None, train_size: int) -> list[str]:
     """The study-file lines that set the recommended proxy budget."""
     if recommended is None:

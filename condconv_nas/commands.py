@@ -228,7 +228,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Train the calibration ladder into X.calibrate and recommend the cheapest faithful proxy."""
-    from .calibration import seed_line, study_lines
+    from .calibration import seed_line, study_lines, verdict_line
     from .study import load_study_config, run_calibrate, with_overrides
 
     _positive(args, "workers", "workers_per_gpu")
@@ -260,12 +260,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"  {b['label']:<18} {b['archs']:>5} {b['tau']:>6.2f} {b['p_value']:>8.3g} "
               f"{b['tau_madds']:>6.2f} {b['tau_params']:>6.2f} {b['seconds_per_arch']:>8.1f}")
     print(seed_line(ref))
-    if (rec := out["recommended"]) is None:
-        print(f"no budget reaches tau {out['min_tau']} and beats MAdds alone: search at the "
-              "reference budget, or add longer budgets to calibration.epochs/train_images")
-    else:
-        print(f"recommended: {rec['label']} (tau {rec['tau']:.2f}, "
-              f"{rec['seconds_per_arch']:.1f} s an architecture); in {args.study}:")
+    print(verdict_line(out))
+    if (rec := out["recommended"]) is not None:
+        print(f"in {args.study}:")
         for line in study_lines(rec, out["train_size"]):
             print(f"  {line}")
     return 0

@@ -13,6 +13,8 @@ import dataclasses
 import json
 import math
 import os
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,11 +43,13 @@ class LongRunError(UserError, LookupError):
 
 
 def retrain(cfg: StudyConfig, spec: ArchSpec, epochs: int, device: str = "auto", eval_test: bool = False,
-            progress: bool = False, checkpoint: Path | None = None
+            progress: bool = False, checkpoint: Path | None = None,
+            on_epoch: Callable[[int, float], None] | None = None
             ) -> tuple[nn.Module, FitResult, Dataset]:
     """Train `spec` for `epochs` on the full training split; returns (model, FitResult, data).
 
-    With `checkpoint`, a run stopped after an epoch goes on from there when retrained.
+    With `checkpoint`, a run stopped after an epoch goes on from there when retrained;
+    `on_epoch(epoch, val_acc)` is called after each epoch.
     """
     import torch
 
@@ -61,8 +65,8 @@ def retrain(cfg: StudyConfig, spec: ArchSpec, epochs: int, device: str = "auto",
     run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
-    result = fit(model, run_data, recipe, eval_test=eval_test, progress=progress,
-                 checkpoint=checkpoint)
+    result = fit(model, run_data, recipe, on_epoch=on_epoch, eval_test=eval_test,
+                 progress=progress, checkpoint=checkpoint)
     return model, result, data
 
 
@@ -183,7 +187,7 @@ def _long_runs(cfg: StudyConfig, points: dict[str, dict[str, Any]], epochs: int,
     dev = device if device != "auto" else cfg.device
     if n <= 1:
         for key, p in jobs:
-            yield _long_run(cfg, key, p["spec"], epochs, dev)
+            yield _long_run(cfg, key, p["spec"], epochs, dev, label=p["name"])
         return
     from joblib import Parallel, delayed
 
@@ -191,21 +195,31 @@ def _long_runs(cfg: StudyConfig, points: dict[str, dict[str, Any]], epochs: int,
     threads = cpu_share(n)
     yield from Parallel(n_jobs=n, backend="loky", return_as="generator_unordered")(
         delayed(_long_run)(cfg, key, p["spec"], epochs, f"cuda:{i % gpus}" if gpus else dev,
-                           threads)
+                           threads, p["name"])
         for i, (key, p) in enumerate(jobs))
 
 
 def _long_run(cfg: StudyConfig, key: str, spec: str, epochs: int, device: str,
-              threads: int | None = None) -> tuple[str, float, float]:
-    """One long run (resumed from its checkpoint if one was stopped); (key, accuracy, seconds)."""
+              threads: int | None = None, label: str = "") -> tuple[str, float, float]:
+    """One long run (resumed from its checkpoint if one was stopped); (key, accuracy, seconds).
+
+    Prints a line to stderr after each epoch: a run is hours on CPU, and workers' stderr is the
+    terminal's (loky workers inherit it).
+    """
     from .checkpoint import checkpoint_path, remove_checkpoint
 
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # read by fit, in this worker process
     ckpt = checkpoint_path(cfg.artifacts, study=cfg.name, fidelity=key,
                            recipe=dataclasses.asdict(cfg.recipe), data=[cfg.dataset, cfg.val_size])
+    started = time.perf_counter()
+
+    def report(epoch: int, val_acc: float) -> None:
+        print(f"  {label or key}: epoch {epoch}/{epochs}, val {val_acc:.4f} "
+              f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
     _, result, _ = retrain(cfg, ArchSpec.from_dict(json.loads(spec)), epochs, device,
-                           checkpoint=ckpt)
+                           checkpoint=ckpt, on_epoch=report)
     remove_checkpoint(ckpt)
     return key, result.val_acc, result.seconds
 

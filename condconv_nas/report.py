@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import pareto
-from .calibration import seed_line
+from .calibration import seed_line, verdict_line
 from .claims import study_headline
 from .errors import UserError
 from .figures import FAMILY_LABELS, PLOT_CONFIG, build_figures
@@ -212,10 +212,7 @@ def _calibration(summary: dict | None) -> str:
         f"</td><td>{_fmt(b['tau_madds'], 'tau')}</td><td>{_fmt(b['tau_params'], 'tau')}</td>"
         f"<td>{_fmt(b['seconds_per_arch'], 's')}</td></tr>" for b in summary["budgets"])
     ref = summary["reference"]
-    verdict = (f"The cheapest budget whose τ reaches {summary['min_tau']:g} and beats MAdds "
-               f"alone is <b>{html.escape(rec)}</b>." if rec else
-               f"No budget reaches τ {summary['min_tau']:g} and beats MAdds alone: search at the "
-               "reference budget, or calibrate longer budgets.")
+    verdict = html.escape(verdict_line(summary)) + "."
     return ("<table class=sortable><thead><tr><th class=l>budget</th><th>architectures</th>"
             "<th>τ</th><th>p</th><th>τ MAdds</th><th>τ params</th><th>s / arch</th></tr>"
             f"</thead><tbody>{rows}</tbody></table><p class=muted>Kendall τ of each budget's "

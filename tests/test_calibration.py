@@ -14,7 +14,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from condconv_nas.calibration import Calibration, spread, study_lines, summarise
+from condconv_nas.calibration import Calibration, spread, study_lines, summarise, verdict_line
 from condconv_nas.cli import main
 from condconv_nas.config import StudyError, load_study_config
 from condconv_nas.storage import open_storage
@@ -75,6 +75,9 @@ def test_summary_against_scipy_and_the_recommendation_rule():
     strict = summarise(_runs(accs, seconds, madds, params), Calibration(
         epochs=(1, 2), train_images=(100, None), reference=(3, None), min_tau=0.95))
     assert (strict["recommended"]["epochs"], strict["recommended"]["train_images"]) == (1, None)
+    # The verdict names the recommended budget and the bar it passed.
+    assert f"tau reaches 0.95 and beats MAdds alone is {strict['recommended']['label']} " \
+        f"(tau {by[(1, None)]['tau']:.2f}" in verdict_line(strict)
 
 
 def test_no_recommendation_when_madds_alone_rank_as_well():
@@ -85,6 +88,7 @@ def test_no_recommendation_when_madds_alone_rank_as_well():
     assert out["budgets"][0]["tau"] == pytest.approx(1.0)
     assert out["budgets"][0]["tau_madds"] == pytest.approx(1.0)
     assert out["recommended"] is None  # no better than counting MAdds
+    assert verdict_line(out).startswith("No budget reaches tau 0.5 and beats MAdds alone")
 
 
 def _study(tmp_path: Path, **kw) -> Path:

@@ -44,7 +44,12 @@ def test_fidelity_end_to_end(tmp_path, capsys):
     run_search(cfg, print_fn=lambda s: None)
     run_baselines(cfg, print_fn=lambda s: None)
     assert main(["fidelity", str(path), "--top", "2", "--epochs", "2", "--json"]) == 0
-    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    record = json.loads(captured.out.strip().splitlines()[-1])
+    # Progress: a line per epoch of each long run, the last one with the stored accuracy.
+    for q in record["points"]:
+        assert f"  {q['name']}: epoch 1/2, val " in captured.err
+        assert f"  {q['name']}: epoch 2/2, val {q['long_acc']:.4f} (" in captured.err
     sources = [p["source"] for p in record["points"]]
     assert sources.count("width") == 2 and 1 <= sources.count("search") <= 2
     # The stored tau is the tau of the stored pairs (an independent recount).
