@@ -173,7 +173,9 @@ def _importances(study: optuna.Study, rung: int = 0) -> dict[str, float]:
                                                           target=lambda t: 1.0 - t.values[0])
     except (RuntimeError, ValueError):  # too few trials in the common search space
         return {}
-    return {k: float(v) for k, v in out.items() if not math.isnan(v)}
+    # Ties (often several zeros) in name order: Optuna's order for them varies between runs.
+    return dict(sorted(((k, float(v)) for k, v in out.items() if not math.isnan(v)),
+                       key=lambda kv: (-kv[1], kv[0])))
 
 
 def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "") -> StudyResults:

@@ -100,6 +100,9 @@ def test_frames_hold_every_trial_with_its_family(tmp_path):
     assert len(done[done.family == "search"]) == 12  # minus one infeasible, one failed
     assert res.manifest["budget_madds"] == 6_500_000 and res.manifest["device"] == "cpu"
     assert set(res.importances) <= set(load_space(TINY).labels()) and res.importances
+    # Most important first, ties by name: the same order on every run.
+    imp = res.importances
+    assert list(imp) == sorted(imp, key=lambda k: (-imp[k], k))
 
 
 def test_page_structure(tmp_path):
