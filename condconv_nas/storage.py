@@ -31,7 +31,6 @@ from .optuna_internals import (
     set_trial_state,
     storage_of,
     trial_id,
-    unsynced_journal_backend,
 )
 from .record import QUEUE_FIELDS, TrialRecord, record_attrs
 
@@ -57,18 +56,20 @@ def open_storage(url: str, create: bool = True, heartbeat: tuple[int, int] = HEA
     (interval, grace) seconds: a trial whose worker stops beating for `grace` is failed and
     queued again once.
     """
+    if not url.strip():
+        raise StorageError("storage is empty; give a journal file path (studies/X.journal) or a "
+                           "database URL")
     local = url if "://" not in url else url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
-    if not create and local and not Path(local).is_file():
+    if not create and local and not Path(local).exists():
         raise StorageError(f"storage {url} does not exist; run `condconv-nas search` first or "
                            "give --storage")
     if "://" not in url:
         folder = Path(url).parent
         if not folder.is_dir():
             raise StorageError(f"storage {url}: folder {folder} does not exist")
-        from optuna.storages.journal import JournalFileOpenLock
+        from .journal import open_journal
 
-        lock = JournalFileOpenLock(url)  # works on filesystems without symlinks too
-        return optuna.storages.JournalStorage(unsynced_journal_backend()(url, lock_obj=lock))
+        return open_journal(url, writer=create)
     if url.startswith("sqlite:///"):
         file = Path(url[len("sqlite:///"):])
         if file.name and not file.parent.is_dir():
