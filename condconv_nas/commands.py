@@ -107,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .model import build_model
     from .train import Recipe, check_batch_size, few_steps_note, fit, resolve_device
 
+    _positive(args, "train_limit")  # a negative N would slice off the last N images
     device = resolve_device(args.device)
     spec = _spec_from_args(args)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed")
@@ -387,6 +388,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path("reports") / f"{cfg.name}.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {out}: the report is an HTML file; give a name ending in .html")
+    if out.is_dir():
+        raise UsageError(f"-o {out}: is a folder; give a file name such as {out / out.name}")
     paths = write_report(results, out)
     head = study_headline(results.finished, results.confirmed)
     if args.json:

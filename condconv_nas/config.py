@@ -117,9 +117,11 @@ def load_study_data(cfg: StudyConfig, device: str | torch.device = "cpu",
                         train_limit=limit, device=device)
 
 
-def _int(source: str, key: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise StudyError(f"{source}: {key}: must be an integer >= {low}, got {value!r}")
+def _int(source: str, key: str, value: Any, low: int, high: int | None = None) -> int:
+    if (isinstance(value, bool) or not isinstance(value, int) or value < low
+            or (high is not None and value > high)):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise StudyError(f"{source}: {key}: must be an integer {bound}, got {value!r}")
     return value
 
 
@@ -130,7 +132,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
     data = read_yaml(path, StudyError)
     if not isinstance(data, dict):
         raise StudyError(f"{src}: must be a mapping with keys {', '.join(sorted(_KEYS))}")
-    unknown = sorted(set(data) - _KEYS)
+    unknown = sorted(set(data) - _KEYS, key=str)  # str: YAML keys may be numbers
     if unknown:
         raise StudyError(f"{src}: {unknown[0]}: unknown key (known: {', '.join(sorted(_KEYS))})")
     for key in ("name", "space", "dataset", "trials"):
@@ -147,7 +149,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
     recipe_data = data.get("recipe") or {}
     if not isinstance(recipe_data, dict):
         raise StudyError(f"{src}: recipe: must be a mapping of recipe fields")
-    bad = sorted(set(recipe_data) - set(Recipe.field_names()))
+    bad = sorted(set(recipe_data) - set(Recipe.field_names()), key=str)
     if bad:
         raise StudyError(f"{src}: recipe.{bad[0]}: unknown key (known: "
                          f"{', '.join(Recipe.field_names())})")
@@ -225,7 +227,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
     return StudyConfig(
         name=name, space=space, dataset=dataset, recipe=recipe,
         trials=_int(src, "trials", data["trials"], 1), sampler=sampler,
-        seed=_int(src, "seed", data.get("seed", 0), 0), storage=storage,
+        # torch seeds are 64-bit: a larger seed would fail every trial instead of here.
+        seed=_int(src, "seed", data.get("seed", 0), 0, 2 ** 63 - 1), storage=storage,
         workers=0 if data.get("workers") is None else _int(src, "workers", data["workers"], 1),
         workers_per_gpu=_int(src, "workers_per_gpu", data.get("workers_per_gpu", 1), 1),
         budget_madds=budget,

@@ -30,6 +30,7 @@ from .record import SEARCH, copy_source
 from .results import StudyResults
 from .space import parse_count
 from .spec import ARCH_FORMAT, ARCH_VERSION, ArchSpec, SpecError, check_arch_header
+from .textfile import read_text
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +67,7 @@ def parse_pick(text: str) -> Pick:
         budget = parse_count(m.group(2))
         if budget is not None and budget > 0:
             return Pick("budget", budget)
-    if m and m.group(1) == "trial" and m.group(2).isdigit():
+    if m and m.group(1) == "trial" and m.group(2).isascii() and m.group(2).isdigit():
         return Pick("trial", int(m.group(2)))
     raise ExportError(f"--pick {text!r}: use best, knee, budget=<MAdds> (e.g. budget=30M) or "
                       "trial=<number>")
@@ -366,9 +367,7 @@ def read_arch(path: str | Path) -> tuple[dict[str, Any], Path]:
     path = Path(path)
     file = path / "arch.json" if path.is_dir() else path
     try:
-        data = json.loads(file.read_text())
-    except OSError as err:
-        raise SpecError(f"{file}: cannot read ({err.strerror})") from None
+        data = json.loads(read_text(file, SpecError))
     except json.JSONDecodeError as err:
         raise SpecError(f"{file}: not valid JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, dict):

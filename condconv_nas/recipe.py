@@ -16,6 +16,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 EXECUTION_FIELDS = ("compile",)
 DEFAULT_BATCH = 256
 MIN_STEPS = 25  # optimizer steps an epoch below which a default batch is made smaller
+MAX_EPOCHS = 10_000  # a sanity bound: more is a typo, not a proxy
 
 
 class RecipeError(UserError, ValueError):
@@ -53,7 +54,8 @@ class Recipe:
 
     def __post_init__(self) -> None:
         checks = [
-            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1"),
+            ("epochs", _int(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS,
+             f"an integer in [1, {MAX_EPOCHS}]"),
             ("batch_size", self.batch_size is None or (isinstance(self.batch_size, int)
                                                        and not isinstance(self.batch_size, bool)
                                                        and self.batch_size >= 1),
@@ -65,9 +67,13 @@ class Recipe:
              "in [0, 1)"),
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("warmup_epochs", _num(self.warmup_epochs) and self.warmup_epochs >= 0, ">= 0"),
-            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "an integer"),
-            ("eval_batch_size", isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
+            # torch seeds are 64-bit: a larger one fails in every trial, not here.
+            ("seed", _int(self.seed) and 0 <= self.seed < 2 ** 63, "an integer in [0, 2**63)"),
+            ("eval_batch_size", _int(self.eval_batch_size) and self.eval_batch_size >= 1,
              "an integer >= 1"),
+            ("nesterov", isinstance(self.nesterov, bool), "true or false"),
+            ("bf16", self.bf16 is None or isinstance(self.bf16, bool), "true, false or null"),
+            ("channels_last", isinstance(self.channels_last, bool), "true or false"),
             ("compile", self.compile is None or isinstance(self.compile, bool)
              or self.compile in COMPILE_MODES,
              f"true, false, or a mode: {', '.join(COMPILE_MODES)}"),
@@ -92,6 +98,10 @@ class Recipe:
     def field_names(cls) -> list[str]:
         """Names of the overridable fields."""
         return [f.name for f in fields(cls)]
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _num(v: object) -> bool:

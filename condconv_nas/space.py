@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import textfile
 from .errors import UserError
 from .presets import get_preset
 from .spec import ArchSpec, SpecError, scale_width
@@ -147,7 +148,7 @@ def space_from_dict(data: Any, source: str = "<space>") -> SearchSpace:
     """Validate a parsed space file; every error names the key and the reason."""
     if not isinstance(data, dict):
         raise SpaceError(f"{source}: must be a mapping with keys {', '.join(sorted(_SPACE_KEYS))}")
-    unknown = sorted(set(data) - _SPACE_KEYS)
+    unknown = sorted(set(data) - _SPACE_KEYS, key=str)
     if unknown:
         raise _err(source, unknown[0], f"unknown key (known: {', '.join(sorted(_SPACE_KEYS))})")
     for key in ("base", "budget_madds", "stages"):
@@ -183,7 +184,7 @@ def _stage_choice(source: str, base: ArchSpec, index: int, data: Any) -> StageCh
     where = f"stages[{index}]"
     if not isinstance(data, dict):
         raise _err(source, where, f"must be a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - _STAGE_KEYS)
+    unknown = sorted(set(data) - _STAGE_KEYS, key=str)
     if unknown:
         raise _err(source, f"{where}.{unknown[0]}",
                    f"unknown key (known: {', '.join(sorted(_STAGE_KEYS))})")
@@ -216,19 +217,8 @@ def _stage_choice(source: str, base: ArchSpec, index: int, data: Any) -> StageCh
 
 
 def read_yaml(path: str | Path, error: type[Exception] = SpaceError) -> Any:
-    """Parse a YAML file; unreadable or malformed files raise `error` naming file and line."""
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise error(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise error(f"{path}: not valid YAML{where} ({getattr(err, 'problem', err)})") from None
+    """Parse a YAML file strictly (textfile.read_yaml); errors raise `error` (SpaceError)."""
+    return textfile.read_yaml(path, error)
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .textfile import read_text
 
 __all__ = [
     "ACTIVATIONS",
@@ -314,10 +315,7 @@ class ArchSpec:
         file = Path(file)
         if file.is_dir():
             file = file / "arch.json"
-        try:
-            text = file.read_text()
-        except OSError as err:
-            raise SpecError(f"{file}: cannot read ({err.strerror})") from None
+        text = read_text(file, SpecError)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -347,7 +345,7 @@ _STAGE_FIELDS = {f.name: f for f in dataclasses.fields(StageSpec)}
 
 
 def _reject_unknown(path: str, data: dict, fields: dict) -> None:
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         _fail(_join(path, unknown[0]), f"unknown key (known: {', '.join(fields)})")
 

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,6 +39,10 @@ __all__ = ["HEARTBEAT", "SIBLING_SUFFIXES", "RetryStaleTrial", "StorageError", "
            "budget_used", "claim_lock", "counted", "fail_and_requeue", "heartbeat_enabled",
            "list_studies", "open_storage", "reap_stale", "same_training", "sibling_runs",
            "stale_numbers", "study_root"]
+
+# Heartbeats and the journal backend are marked experimental; every command opening a storage
+# would otherwise print Optuna's reminder before its own output or one-line error.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 # The sibling studies of a study X share its storage: X.baseline, X.confirm, X.calibrate, X.random.
 SIBLING_SUFFIXES = (".baseline", ".confirm", ".calibrate", ".random")

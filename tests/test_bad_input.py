@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -155,11 +156,48 @@ CASES = [
     ("data-cifar-missing", {}, ["train", "--preset", "mobilenet_v2_proxy32", "--dataset", "cifar10",
                                 "--data-dir", "{d}/none"], "cifar"),
     ("data-search-npz-missing", {"study.yaml": study(dataset="npz:nothing")}, SEARCH, "npz"),
+    # --- files that are not what they claim, strict YAML, bounds ---
+    ("study-latin1", {"study.yaml": "LATIN1"}, SEARCH, "not UTF-8"),
+    ("arch-latin1", {"a.json": "LATIN1"}, ["cost", "--arch", "{d}/a.json"], "not UTF-8"),
+    ("study-fifo", {"study.yaml": "FIFO"}, SEARCH, "not a regular file"),
+    ("study-duplicate-key", {"study.yaml": yaml.safe_dump(STUDY) + "trials: 9\n"}, SEARCH,
+     "duplicate key 'trials'"),
+    ("space-alias", {"space.yaml": "a: &x [1, 2]\nb: *x\n"}, SEARCH, "aliases (*x)"),
+    ("study-number-key", {"study.yaml": yaml.safe_dump(STUDY) + "1: one\n"}, SEARCH,
+     "1: unknown key"),
+    ("space-stage-number-key", {"space.yaml": yaml.safe_dump(TINY).replace(
+        "stage: 5", "stage: 5\n  1: one", 1)}, SEARCH, "1: unknown key"),
+    ("study-recipe-nesterov-word", {"study.yaml": study(recipe={"nesterov": "maybe"})}, SEARCH,
+     "recipe.nesterov"),
+    ("study-recipe-bf16-word", {"study.yaml": study(recipe={"bf16": "no"})}, SEARCH,
+     "recipe.bf16"),
+    ("study-recipe-epochs-bool", {"study.yaml": study(recipe={"epochs": True})}, SEARCH,
+     "recipe.epochs"),
+    ("study-recipe-epochs-huge", {"study.yaml": study(recipe={"epochs": 10 ** 12})}, SEARCH,
+     "recipe.epochs"),
+    ("study-seed-huge", {"study.yaml": study(seed=10 ** 23)}, SEARCH, "seed"),
+    ("storage-not-a-journal", {"notes.journal": "some notes\n"},
+     ["search", "{d}/study.yaml", "--storage", "{d}/notes.journal"], "not an Optuna journal"),
+    ("storage-a-folder", {"sub/x.txt": "x"}, ["search", "{d}/study.yaml", "--storage", "{d}/sub"],
+     "is a folder"),
+    ("storage-empty", {}, ["search", "{d}/study.yaml", "--storage", ""], "storage is empty"),
+    ("storage-report-unreachable-pg", {}, ["report", "{d}/study.yaml", "--storage",
+                                           "postgresql://nobody@127.0.0.1:1/none"],
+     "cannot be opened"),
+    ("report-output-folder", {"out.html/x": "x"}, ["report", "{d}/study.yaml", "--storage",
+                                                   "{d}/store.journal", "-o", "{d}/out.html"],
+     "is a folder"),
+    ("export-pick-superscript", {}, ["export", "{d}/study.yaml", "--storage", "{d}/store.journal",
+                                     "--pick", "trial=\u00b2"], "--pick"),
+    ("train-limit-negative", {}, ["train", "--preset", "mobilenet_v2_proxy28", "--dataset",
+                                  "synthetic", "--train-limit", "-5"], "--train-limit"),
+    ("train-seed-huge", {}, ["train", "--preset", "mobilenet_v2_proxy28", "--dataset", "synthetic",
+                             "--seed", str(10 ** 23)], "recipe.seed"),
 ]
 
 
 SPECIAL = {"NPZ_NO_LABELS", "NPZ_MISMATCH", "NPZ_FLOAT", "GZ_GARBAGE", "EVEN_KERNEL", "STRIDE_3",
-           "UNKNOWN_FIELD"}
+           "UNKNOWN_FIELD", "LATIN1", "FIFO"}
 
 
 def _special(path: Path, token: str) -> None:
@@ -171,6 +209,11 @@ def _special(path: Path, token: str) -> None:
                   "NPZ_FLOAT": {"images": x.astype(np.float32), "labels": np.zeros(8, np.int64)}}
         with open(path, "wb") as f:
             np.savez(f, **arrays[token])
+    elif token == "LATIN1":
+        path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    elif token == "FIFO":
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)  # reading it would wait for a writer forever
     elif token == "GZ_GARBAGE":
         path.write_bytes(gzip.compress(b"definitely not IDX"))
     else:
