@@ -353,7 +353,8 @@ def check_batch_size(recipe: Recipe, data: Dataset) -> None:
     n = len(data.train)
     if recipe.batch_for(n) > n:
         raise RecipeError(f"batch size {recipe.batch_for(n)} is larger than the training split "
-                          f"({n} images); use --batch-size {max(1, n // 4)} or smaller")
+                          f"({n} images); use --batch-size {max(1, n // 4)} or smaller (in a "
+                          "study file: recipe.batch_size)")
 
 
 def _bar(enabled: bool, total: int, desc: str):

@@ -175,6 +175,8 @@ CASES = [
      "recipe.epochs"),
     ("study-recipe-epochs-huge", {"study.yaml": study(recipe={"epochs": 10 ** 12})}, SEARCH,
      "recipe.epochs"),
+    ("study-batch-above-split", {"study.yaml": study(recipe={"batch_size": 100_000})}, SEARCH,
+     "recipe.batch_size"),
     ("study-seed-huge", {"study.yaml": study(seed=10 ** 23)}, SEARCH, "seed"),
     ("storage-not-a-journal", {"notes.journal": "some notes\n"},
      ["search", "{d}/study.yaml", "--storage", "{d}/notes.journal"], "not an Optuna journal"),
