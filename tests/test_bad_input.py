@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from condconv_nas.cli import main
@@ -177,6 +178,8 @@ CASES = [
      "recipe.epochs"),
     ("study-batch-above-split", {"study.yaml": study(recipe={"batch_size": 100_000})}, SEARCH,
      "recipe.batch_size"),
+    *([("study-device-cuda-no-gpu", {"study.yaml": study(device="cuda")}, SEARCH, "no CUDA GPU")]
+      if not torch.cuda.is_available() else []),
     ("study-seed-huge", {"study.yaml": study(seed=10 ** 23)}, SEARCH, "seed"),
     ("storage-not-a-journal", {"notes.journal": "some notes\n"},
      ["search", "{d}/study.yaml", "--storage", "{d}/notes.journal"], "not an Optuna journal"),
