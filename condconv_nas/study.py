@@ -57,6 +57,9 @@ def open_study(cfg: StudyConfig, kind: str, parent: str = "") -> optuna.Study:
     settings (dataset, split, recipe, seed, budget, space) is refused before anything is
     written: results trained differently must not mix in one study.
     """
+    from .train import resolve_device
+
+    resolve_device(cfg.device)  # `cuda` without a GPU: said before an empty study is created
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(cfg.storage, heartbeat=cfg.heartbeat)
     now = result_settings(cfg)
@@ -95,10 +98,9 @@ def _check_settings(cfg: StudyConfig, study: optuna.Study, now: dict) -> None:
 
 def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Create or resume the study, then run its workers to the total trial budget."""
-    from .train import check_batch_size, resolve_device
+    from .train import check_batch_size
 
     cfg = resolve_workers(cfg)
-    resolve_device(cfg.device)  # `cuda` without a GPU: said before an empty study is created
     # A dataset that cannot be read is reported before the study is created or touched; a single
     # in-process worker then trains on this very copy.
     data = load_study_data(cfg)

@@ -178,7 +178,9 @@ CASES = [
      "recipe.epochs"),
     ("study-batch-above-split", {"study.yaml": study(recipe={"batch_size": 100_000})}, SEARCH,
      "recipe.batch_size"),
-    *([("study-device-cuda-no-gpu", {"study.yaml": study(device="cuda")}, SEARCH, "no CUDA GPU")]
+    *([("study-device-cuda-no-gpu", {"study.yaml": study(device="cuda")}, SEARCH, "no CUDA GPU"),
+       ("baselines-device-cuda-no-gpu", {"study.yaml": study(device="cuda")},
+        ["baselines", "{d}/study.yaml", "--storage", "{d}/store.journal"], "no CUDA GPU")]
       if not torch.cuda.is_available() else []),
     ("study-seed-huge", {"study.yaml": study(seed=10 ** 23)}, SEARCH, "seed"),
     ("storage-not-a-journal", {"notes.journal": "some notes\n"},
