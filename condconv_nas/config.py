@@ -109,12 +109,19 @@ def preprocess_of(data: Dataset) -> dict[str, Any]:
 
 def load_study_data(cfg: StudyConfig, device: str | torch.device = "cpu",
                     train_limit: int | None | str = "study") -> Dataset:
-    """The study's dataset and validation split on `device` (`train_limit` None: every image)."""
+    """The study's dataset and validation split on `device` (`train_limit` None: every image).
+
+    A recipe batch larger than the training split is an error here, before any study is touched:
+    otherwise every trial would fail on it and spend the trial budget.
+    """
     from .data import load_dataset
+    from .train import check_batch_size
 
     limit = cfg.train_limit if train_limit == "study" else train_limit
-    return load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
+    data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
                         train_limit=limit, device=device)
+    check_batch_size(cfg.recipe, data)
+    return data
 
 
 def _int(source: str, key: str, value: Any, low: int, high: int | None = None) -> int:

@@ -60,23 +60,18 @@ def _check_head(file: Path) -> None:
 def _drop_cut_off_tail(file: Path) -> None:
     """Truncate the bytes after the last newline (a record whose write was killed)."""
     size = file.stat().st_size
-    if size == 0:
-        return
     with open(file, "rb+") as f:
-        # Records are short; read back in blocks until the last newline is found.
-        end, block = size, 1 << 16
-        while end > 0:
-            start = max(0, end - block)
+        f.seek(max(0, size - 1))
+        if size == 0 or f.read(1) == b"\n":
+            return
+        # Read back in blocks until the last newline: the cut-off record is short.
+        keep, end = 0, size  # keep 0: no newline at all, the only record was cut off
+        while end > 0 and not keep:
+            start = max(0, end - (1 << 16))
             f.seek(start)
-            chunk = f.read(end - start)
-            if end == size and chunk.endswith(b"\n"):
-                return
-            if (i := chunk.rfind(b"\n")) >= 0:
+            if (i := f.read(end - start).rfind(b"\n")) >= 0:
                 keep = start + i + 1
-                break
             end = start
-        else:
-            keep = 0
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())

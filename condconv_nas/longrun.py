@@ -56,12 +56,11 @@ def retrain(cfg: StudyConfig, spec: ArchSpec, epochs: int, device: str = "auto",
     from .config import load_study_data
     from .data import resize
     from .model import build_model
-    from .train import check_batch_size, fit, resolve_device
+    from .train import fit, resolve_device
 
     dev = resolve_device(device if device != "auto" else cfg.device)
     data = load_study_data(cfg, dev, train_limit=None)
     recipe = dataclasses.replace(cfg.recipe, epochs=epochs)
-    check_batch_size(recipe, data)
     run_data = resize(data, spec.input_size) if spec.input_size != data.size else data
     torch.manual_seed(cfg.seed)
     model = build_model(spec)

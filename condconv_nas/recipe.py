@@ -56,8 +56,7 @@ class Recipe:
         checks = [
             ("epochs", _int(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS,
              f"an integer in [1, {MAX_EPOCHS}]"),
-            ("batch_size", self.batch_size is None or (isinstance(self.batch_size, int)
-                                                       and not isinstance(self.batch_size, bool)
+            ("batch_size", self.batch_size is None or (_int(self.batch_size)
                                                        and self.batch_size >= 1),
              "an integer >= 1"),
             ("lr", _num(self.lr) and 0 < self.lr < 100, "a number in (0, 100)"),

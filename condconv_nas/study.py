@@ -98,13 +98,10 @@ def _check_settings(cfg: StudyConfig, study: optuna.Study, now: dict) -> None:
 
 def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Create or resume the study, then run its workers to the total trial budget."""
-    from .train import check_batch_size
-
     cfg = resolve_workers(cfg)
     # A dataset that cannot be read is reported before the study is created or touched; a single
     # in-process worker then trains on this very copy.
     data = load_study_data(cfg)
-    check_batch_size(cfg.recipe, data)  # else every trial would fail on it, spending the budget
     control = cfg.name.endswith(".random")
     study = open_study(cfg, "random-control" if control else "search",
                        parent=cfg.name[: -len(".random")] if control else "")

@@ -178,6 +178,8 @@ CASES = [
      "recipe.epochs"),
     ("study-batch-above-split", {"study.yaml": study(recipe={"batch_size": 100_000})}, SEARCH,
      "recipe.batch_size"),
+    ("baselines-batch-above-split", {"study.yaml": study(recipe={"batch_size": 100_000})},
+     ["baselines", "{d}/study.yaml", "--storage", "{d}/store.journal"], "recipe.batch_size"),
     *([("study-device-cuda-no-gpu", {"study.yaml": study(device="cuda")}, SEARCH, "no CUDA GPU"),
        ("baselines-device-cuda-no-gpu", {"study.yaml": study(device="cuda")},
         ["baselines", "{d}/study.yaml", "--storage", "{d}/store.journal"], "no CUDA GPU")]
