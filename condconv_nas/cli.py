@@ -25,6 +25,7 @@ from .commands import (
 from .config import SAMPLERS
 from .cost import CONVENTION
 from .errors import UserError
+from .interrupts import stop_on_signals
 
 __all__ = ["main"]
 
@@ -213,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with stop_on_signals():
+            return int(args.func(args) or 0)
     except UserError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -303,8 +302,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 
 def _run_interruptible(run: Callable[[], Any]) -> int:
-    """Run a study; Ctrl-C or SIGTERM stops it with exit 130, stored trials kept."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # schedulers stop jobs with SIGTERM
+    """Run a study; Ctrl-C or SIGTERM (cli.main) stops it with exit 130, stored trials kept."""
     try:
         run()
     except KeyboardInterrupt:
@@ -410,10 +408,6 @@ def cmd_report(args: argparse.Namespace) -> int:
                   f"{'significant' if c['significant'] else 'not significant'} (Holm p "
                   f"{c['p_holm'] if c['p_holm'] is not None else float('nan'):.3g})")
     return 0
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def cmd_studies(args: argparse.Namespace) -> int:

@@ -35,10 +35,11 @@ from .config import (
     with_overrides,
 )
 from .cost import CONVENTION
+from .interrupts import deferred_interrupt
 from .record import TrialRecord, record_attrs
 from .spec import ArchSpec
 from .storage import StorageError, budget_used, claim_lock, list_studies, open_storage, reap_stale
-from .workers import deferred_interrupt, pending_promotion, resolve_workers, run_workers
+from .workers import pending_promotion, resolve_workers, run_workers
 
 if TYPE_CHECKING:
     from .data import Dataset

@@ -20,6 +20,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset, Split, augment, normalize
 from .errors import UserError
+from .interrupts import check_interrupt
 from .recipe import SCHEDULES, Recipe, RecipeError  # noqa: F401  (re-exported: train.Recipe)
 
 __all__ = ["FitResult", "NonFiniteLossError", "Recipe", "RecipeError", "check_batch_size", "evaluate",
@@ -227,6 +228,7 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe,
         bad_step = torch.full((), -1, dtype=torch.long, device=device)
         bar = _bar(progress, steps_per_epoch, f"epoch {epoch}/{recipe.epochs}")
         for step in range(steps_per_epoch):
+            check_interrupt()  # a Ctrl-C swallowed by a finalizer still stops the run
             idx = perm[step * recipe.batch_size : (step + 1) * recipe.batch_size]
             x = normalize(augment(data.train.images[idx], data, gen), data)
             y = data.train.labels[idx]

@@ -7,19 +7,17 @@ unset are one per visible GPU, each pinned with `CUDA_VISIBLE_DEVICES`, else one
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
 from .config import StudyConfig, load_study_data, preprocess_of
+from .interrupts import check_interrupt, deferred_interrupt
 from .multifidelity import MultiFidelity, to_promote
 from .objective import Objective, front_size
 from .optuna_internals import frozen, record_heartbeat, set_trial_attrs, set_trial_state
@@ -40,26 +38,8 @@ from .storage import (
 if TYPE_CHECKING:
     from .data import Dataset
 
-__all__ = ["cpu_share", "deferred_interrupt", "pending_promotion", "resolve_workers", "run_worker",
+__all__ = ["cpu_share", "pending_promotion", "resolve_workers", "run_worker",
            "run_workers", "worker_envs"]
-
-
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C/SIGTERM until the block ends, so a trial is never half claimed or half told."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    saved = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
-             for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-        if caught:
-            raise KeyboardInterrupt
 
 
 def _claim(study: optuna.Study, cfg: StudyConfig, worker: str,
@@ -72,6 +52,7 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str,
     while True:
         trial = None
         try:
+            check_interrupt()  # a Ctrl-C swallowed during the last trial stops here
             with deferred_interrupt(), claim_lock(cfg.storage):
                 reap_stale(study)
                 trials = study.get_trials(deepcopy=False)
