@@ -292,8 +292,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         families = tuple(f.strip() for f in args.families.split(",") if f.strip())
         bad = [f for f in families if f not in FAMILIES]
         if bad or not families:
-            raise UsageError(f"--families: {bad[0] if bad else 'empty'!r} is not a family; "
-                             f"choose from {', '.join(FAMILIES)}")
+            what = f"{bad[0]!r} is not a family" if bad else "names no family"
+            raise UsageError(f"--families: {what}; choose from {', '.join(FAMILIES)}")
         changes["families"] = tuple(dict.fromkeys(families))
     settings = dataclasses.replace(cfg.baselines,
                                    **{k: v for k, v in changes.items() if v is not None})

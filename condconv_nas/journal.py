@@ -40,6 +40,10 @@ def open_journal(path: str, writer: bool) -> optuna.storages.JournalStorage:
     if writer and file.is_file():
         with get_lock_file(lock):  # no other writer is half-way through a record meanwhile
             _drop_cut_off_tail(file)
+    elif file.is_file() and _last_byte(file) not in (b"", b"\n"):
+        # A reader leaves the file as it is (a writer may be mid-record); Optuna skips the tail.
+        print(f"note: storage {file} ends in an incomplete record (a write in progress or "
+              "interrupted, or not a journal); reading the complete records only", file=sys.stderr)
     try:
         return optuna.storages.JournalStorage(unsynced_journal_backend()(path, lock_obj=lock))
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, Optuna's "Invalid log format"
@@ -55,6 +59,12 @@ def _check_head(file: Path) -> None:
     if head and head != b"{":
         raise JournalError(f"storage {file} is not an Optuna journal (it does not start with a "
                            "JSON record); give a new .journal path or an existing journal")
+
+
+def _last_byte(file: Path) -> bytes:
+    with open(file, "rb") as f:
+        f.seek(max(0, file.stat().st_size - 1))
+        return f.read(1)
 
 
 def _drop_cut_off_tail(file: Path) -> None:

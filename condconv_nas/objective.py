@@ -91,9 +91,7 @@ class Objective:
             spec, seed = ArchSpec.from_dict(queued.baseline_spec), queued.seed
         else:
             spec, seed = cfg.space.sample(trial), 0
-        spec = spec.for_input(data.in_channels,
-                              spec.input_size if cfg.space.resolution else data.size,
-                              data.num_classes)
+        spec = cfg.space.for_data(spec, data.in_channels, data.size, data.num_classes)
         cost = count_cost(spec)
         key = arch_key(spec)
         # The training budget: a multi-fidelity rung's epochs, a calibration run's, or the recipe's.

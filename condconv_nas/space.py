@@ -93,6 +93,18 @@ class SearchSpace:
                                                                   list(self.resolution)))
         return spec.replace(**changes)
 
+    def for_data(self, spec: ArchSpec, in_channels: int, size: int,
+                 num_classes: int) -> ArchSpec:
+        """`spec` fitted to a dataset: its channels and classes, and its image size unless the
+        space searches resolution."""
+        return spec.for_input(in_channels, spec.input_size if self.resolution else size,
+                              num_classes)
+
+    def extremes(self) -> tuple[ArchSpec, ArchSpec]:
+        """The cheapest and the costliest architecture of the space (before fitting to data)."""
+        # Every choice (depth, width, experts, resolution) costs more MAdds as it grows.
+        return self.sample(_Extreme(min)), self.sample(_Extreme(max))
+
     def labels(self) -> list[str]:
         """Every parameter label the space can suggest (deepest choice of every stage)."""
         out = []
@@ -105,6 +117,19 @@ class SearchSpace:
                 deepest = c.depth[1] if c.depth else self.base.stages[c.stage - 1].repeats
                 out += [f"s{c.stage}_b{b + 1}_experts" for b in range(deepest)]
         return out + (["resolution"] if self.resolution else [])
+
+
+class _Extreme:
+    """A trial that takes the smallest (`min`) or largest (`max`) choice everywhere."""
+
+    def __init__(self, pick: Any) -> None:
+        self.pick = pick
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return int(self.pick(low, high))
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self.pick(choices)
 
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
@@ -139,7 +164,10 @@ def _list(source: str, key: str, value: Any) -> list:
         raise _err(source, key, f"must be a list, got {type(value).__name__}")
     if not value:
         raise _err(source, key, "is an empty list; give at least one choice")
-    if len(set(map(repr, value))) != len(value):
+    # 1 and 1.0 are one choice; unhashable values (a list, a mapping) compare by their text.
+    keys = [v if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
+            for v in value]
+    if len(set(keys)) != len(keys):
         raise _err(source, key, "has repeated choices")
     return value
 

@@ -13,7 +13,7 @@ import os
 import socket
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -34,7 +34,7 @@ from .config import (
     settings_differ,
     with_overrides,
 )
-from .cost import CONVENTION
+from .cost import CONVENTION, count_cost
 from .interrupts import deferred_interrupt
 from .record import TrialRecord, record_attrs
 from .spec import ArchSpec
@@ -90,11 +90,42 @@ def _check_settings(cfg: StudyConfig, study: optuna.Study, now: dict) -> None:
     differ = settings_differ(stored, now)
     if differ:
         first = differ[0]
-        old = stored.get(first) if "." not in first else stored["recipe"].get(first[7:])
-        new = now.get(first) if "." not in first else now["recipe"].get(first[7:])
+        if first.startswith("recipe."):
+            where, old, new = first, stored["recipe"].get(first[7:]), now["recipe"].get(first[7:])
+        else:  # the innermost difference: a whole space is kilobytes on one line
+            where, old, new = _first_difference(first, stored[first], now[first])
         raise StudyError(f"{cfg.path}: study {study.study_name} was trained with other settings "
-                         f"({', '.join(differ)} differ; {first}: stored {old!r}, now {new!r}); "
-                         "restore them, or give the study a new name to train under these")
+                         f"({', '.join(differ)} differ; {where}: stored {_short(old)}, now "
+                         f"{_short(new)}); restore them, or give the study a new name to train "
+                         "under these")
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def _first_difference(where: str, old: Any, new: Any) -> tuple[str, Any, Any]:
+    """The path (a.b[2].c) of the first place two JSON-like values differ, and the two values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            if key not in old or key not in new:
+                return f"{where}.{key}", old.get(key, _ABSENT), new.get(key, _ABSENT)
+            if old[key] != new[key]:
+                return _first_difference(f"{where}.{key}", old[key], new[key])
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b and isinstance(a, (dict, list)):  # a list of choices is shown whole
+                return _first_difference(f"{where}[{i}]", a, b)
+    return where, old, new
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
@@ -103,6 +134,7 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
     # A dataset that cannot be read is reported before the study is created or touched; a single
     # in-process worker then trains on this very copy.
     data = load_study_data(cfg)
+    _check_budget(cfg, data, print_fn)
     control = cfg.name.endswith(".random")
     study = open_study(cfg, "random-control" if control else "search",
                        parent=cfg.name[: -len(".random")] if control else "")
@@ -194,12 +226,22 @@ def _queue_runs(study: optuna.Study, cfg: StudyConfig, points: list[dict], seeds
 
 
 def _adapter(space: SearchSpace, data: Dataset) -> Callable[[ArchSpec], ArchSpec]:
-    """A spec fitted to the dataset: its channels and classes, and its image size unless the
-    space searches resolution (the dataset's shape fixes every baseline and calibration run)."""
-    def adapt(spec: ArchSpec) -> ArchSpec:
-        return spec.for_input(data.in_channels, spec.input_size if space.resolution else data.size,
-                              data.num_classes)
-    return adapt
+    """Specs fitted to the dataset (its shape fixes every baseline and calibration run)."""
+    return lambda spec: space.for_data(spec, data.in_channels, data.size, data.num_classes)
+
+
+def _check_budget(cfg: StudyConfig, data: Dataset, print_fn: Callable[[str], None]) -> None:
+    """Refuse a budget below the space's cheapest architecture; say how much of the space fits."""
+    cheapest, costliest = (count_cost(_adapter(cfg.space, data)(s)).madds
+                           for s in cfg.space.extremes())
+    if cheapest > cfg.budget_madds:
+        raise StudyError(f"{cfg.path}: budget_madds: {cfg.budget_madds:,} is below the cheapest architecture "
+                         f"of the space ({cheapest:,} MAdds on {cfg.dataset}), so every trial "
+                         f"would be over budget; raise budget_madds to at least {cheapest:,}")
+    print_fn(f"space: {cheapest / 1e6:.2f}M to {costliest / 1e6:.2f}M MAdds on {cfg.dataset}"
+             + ("" if costliest <= cfg.budget_madds else
+                f"; architectures over the {cfg.budget_madds / 1e6:.2f}M budget are counted, "
+                "not trained"))
 
 
 def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
@@ -278,7 +320,6 @@ def calibration_archs(cfg: StudyConfig, adapt: Callable[[ArchSpec], ArchSpec], k
     trains the same architectures), within the study's MAdds budget.
     """
     from .calibration import spread
-    from .cost import count_cost
     from .objective import arch_key
 
     space = cfg.space

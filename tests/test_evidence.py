@@ -139,6 +139,15 @@ def test_other_result_settings_are_refused_and_nothing_changes(tmp_path, capsys)
     assert main(["search", str(path)]) == 2
     err = capsys.readouterr().err
     assert "train_limit" in err and "seed" in err
+    # Another space: the message names the innermost difference, not two whole spaces.
+    tiny = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
+    tiny["stages"][1]["experts"] = [0, 8]
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(tiny))
+    write_study(tmp_path, trials=2, space=str(tmp_path / "other.yaml"))
+    assert main(["search", str(path)]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "space.stages[1].experts: stored [0, 4], now [0, 8]" in err and len(err) < 400, err
+    assert journal.read_bytes() == before
     # Settings that do not change a result may change: more trials, other workers.
     write_study(tmp_path, trials=2, workers=1)
     assert main(["search", str(path)]) == 0

@@ -27,6 +27,14 @@ class _Finalizer:
         signal.raise_signal(signal.SIGINT)
 
 
+@pytest.fixture(autouse=True)
+def python_default_handler():
+    """Python's own Ctrl-C handler, whatever this process inherited (a background job ignores it)."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)
+
+
 @pytest.fixture
 def swallow(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """Swallow one Ctrl-C as Python does: reported to sys.unraisablehook ("Exception ignored")."""

@@ -30,12 +30,17 @@ def test_a_cut_off_last_record_is_dropped_and_the_study_stays_readable(tmp_path,
     assert [t.value for t in again.trials] == [0.0, 1.0, 9.0]
 
 
-def test_a_reader_leaves_the_file_alone(tmp_path):
+def test_a_reader_leaves_the_file_alone_and_says_what_it_skips(tmp_path, capsys):
     path = tmp_path / "s.journal"
-    cut = _journal(path) + b'{"op_code": 5'
+    whole = _journal(path)
+    assert "incomplete record" not in capsys.readouterr().err
+    open_storage(str(path), create=False)
+    assert "incomplete record" not in capsys.readouterr().err  # a whole journal: no note
+    cut = whole + b'{"op_code": 5'
     path.write_bytes(cut)
     study = optuna.load_study(study_name="j", storage=open_storage(str(path), create=False))
     assert len(study.trials) == 2 and path.read_bytes() == cut
+    assert "ends in an incomplete record" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00binary", b"some notes\n"])

@@ -41,6 +41,51 @@ def test_space_file_samples_valid_architectures(path):
     assert feasible > 0  # the budget admits part of the space
 
 
+class Walk:
+    """A trial that takes the choices `path` names (the first choice past its end), noting how
+    many choices each suggest call had."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path, self.counts = path, []
+
+    def suggest_categorical(self, name, choices):
+        i = len(self.counts)
+        self.counts.append(len(choices))
+        return list(choices)[self.path[i] if i < len(self.path) else 0]
+
+    def suggest_int(self, name, low, high):
+        return self.suggest_categorical(name, range(low, high + 1))
+
+
+def every_arch(space):
+    """Every architecture of a space: an odometer over the choices of each suggest call."""
+    path: list[int] = []
+    while True:
+        walk = Walk(path)
+        yield space.sample(walk)
+        counts = walk.counts
+        path = path[: len(counts)] + [0] * (len(counts) - len(path))
+        while path and path[-1] + 1 >= counts[len(path) - 1]:
+            path.pop()
+        if not path:
+            return
+        path[-1] += 1
+
+
+WIDE = {"base": "mobilenet_v2_proxy28", "budget_madds": "8M", "resolution": [20, 28, 24],
+        "stages": [{"stage": 2, "width": [1.5, 0.5, 1.0], "depth": [1, 2]},
+                   {"stage": 6, "experts": [4, 0, 2], "width": [0.75, 1.25]}]}
+
+
+@pytest.mark.parametrize("space", [load_space(SPACES[0].parent / "tiny.yaml"),
+                                   space_from_dict(WIDE)], ids=["tiny", "wide"])
+def test_extremes_are_the_cheapest_and_costliest_of_every_architecture(space):
+    costs = [count_cost(spec).madds for spec in every_arch(space)]
+    cheapest, costliest = (count_cost(s).madds for s in space.extremes())
+    assert len(costs) == len(set(map(str, every_arch(space)))) > 10  # the walk saw distinct archs
+    assert (cheapest, costliest) == (min(costs), max(costs))
+
+
 def test_sample_by_hand():
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "tiny.yaml")
     trial = optuna.trial.FixedTrial({"s5_depth": 2, "s5_b1_experts": 4, "s5_b2_experts": 0,
