@@ -27,6 +27,12 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _heeded() -> list[int]:
+    # A shell starts background jobs with SIGINT ignored, so that Ctrl-C in its terminal leaves
+    # them running; that choice is kept.
+    return [s for s in _SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()  # only it may set handlers
 
@@ -39,7 +45,7 @@ def stop_on_signals() -> Iterator[None]:
     if not _main_thread():
         yield
         return
-    saved = {s: signal.signal(s, _on_signal) for s in _SIGNALS}
+    saved = {s: signal.signal(s, _on_signal) for s in _heeded()}
     _requested = False
     try:
         yield
@@ -63,7 +69,7 @@ def deferred_interrupt() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    saved = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in _SIGNALS}
+    saved = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in _heeded()}
     try:
         yield
     finally:

@@ -134,7 +134,7 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
     # A dataset that cannot be read is reported before the study is created or touched; a single
     # in-process worker then trains on this very copy.
     data = load_study_data(cfg)
-    _check_budget(cfg, data, print_fn)
+    span = _check_budget(cfg, data)
     control = cfg.name.endswith(".random")
     study = open_study(cfg, "random-control" if control else "search",
                        parent=cfg.name[: -len(".random")] if control else "")
@@ -153,6 +153,7 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
     print_fn(f"study {cfg.name}: {done} of {cfg.trials} trials done; storage {cfg.storage}; "
              f"{cfg.workers} worker(s); sampler {cfg.sampler}; budget {cfg.budget_madds:,} MAdds"
              + rungs)
+    print_fn(span)
     # A fresh study is reproducible (salt 0); a resumed one must not replay the first run's samples.
     return {"ran": run_workers(cfg, print_fn, baseline=False, salt=1009 * len(trials), data=data)}
 
@@ -230,18 +231,18 @@ def _adapter(space: SearchSpace, data: Dataset) -> Callable[[ArchSpec], ArchSpec
     return lambda spec: space.for_data(spec, data.in_channels, data.size, data.num_classes)
 
 
-def _check_budget(cfg: StudyConfig, data: Dataset, print_fn: Callable[[str], None]) -> None:
-    """Refuse a budget below the space's cheapest architecture; say how much of the space fits."""
+def _check_budget(cfg: StudyConfig, data: Dataset) -> str:
+    """Refuse a budget below the space's cheapest architecture; else a line on the space's range."""
     cheapest, costliest = (count_cost(_adapter(cfg.space, data)(s)).madds
                            for s in cfg.space.extremes())
     if cheapest > cfg.budget_madds:
         raise StudyError(f"{cfg.path}: budget_madds: {cfg.budget_madds:,} is below the cheapest architecture "
                          f"of the space ({cheapest:,} MAdds on {cfg.dataset}), so every trial "
                          f"would be over budget; raise budget_madds to at least {cheapest:,}")
-    print_fn(f"space: {cheapest / 1e6:.2f}M to {costliest / 1e6:.2f}M MAdds on {cfg.dataset}"
-             + ("" if costliest <= cfg.budget_madds else
-                f"; architectures over the {cfg.budget_madds / 1e6:.2f}M budget are counted, "
-                "not trained"))
+    return (f"space: {cheapest / 1e6:.2f}M to {costliest / 1e6:.2f}M MAdds on {cfg.dataset}"
+            + ("" if costliest <= cfg.budget_madds else
+               f"; architectures over the {cfg.budget_madds / 1e6:.2f}M budget are counted as "
+               "trials, not trained"))
 
 
 def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:

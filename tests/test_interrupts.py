@@ -65,6 +65,18 @@ def test_without_the_handler_python_loses_it(swallow):
     check_interrupt()
 
 
+def test_an_ignored_ctrl_c_stays_ignored():
+    # A background job (`cmd &` in a script) is started with SIGINT ignored: Ctrl-C in the
+    # terminal must not stop it, in a claim or out of one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with stop_on_signals():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        with deferred_interrupt():
+            signal.raise_signal(signal.SIGINT)
+        check_interrupt()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 def test_a_request_held_back_by_a_claim_sticks_too():
     with stop_on_signals():
         with pytest.raises(KeyboardInterrupt), deferred_interrupt():
