@@ -1,8 +1,9 @@
-"""Shared fixtures: deterministic torch on CPU."""
+"""Shared fixtures: deterministic torch on CPU; Ctrl-C heeded as in a terminal."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -21,3 +22,11 @@ def _seed():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def ctrl_c_heeded():
+    """Python's own Ctrl-C handler, whatever this process inherited (a background job ignores it)."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)

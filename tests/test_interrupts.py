@@ -28,11 +28,8 @@ class _Finalizer:
 
 
 @pytest.fixture(autouse=True)
-def python_default_handler():
-    """Python's own Ctrl-C handler, whatever this process inherited (a background job ignores it)."""
-    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+def _heeded(ctrl_c_heeded):
     yield
-    signal.signal(signal.SIGINT, saved)
 
 
 @pytest.fixture

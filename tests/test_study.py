@@ -350,7 +350,7 @@ def test_resumed_study_draws_new_samples(tmp_path):
     assert [t.params for t in trials[:3]] != [t.params for t in trials[3:]]
 
 
-def test_interrupt_while_claiming_gives_the_trial_back(tmp_path, monkeypatch):
+def test_interrupt_while_claiming_gives_the_trial_back(tmp_path, monkeypatch, ctrl_c_heeded):
     import signal as sig
 
     from condconv_nas.workers import _claim
