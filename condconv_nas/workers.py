@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .config import StudyConfig, load_study_data, preprocess_of
-from .interrupts import check_interrupt, deferred_interrupt
+from .interrupts import check_interrupt, deferred_interrupt, stop_on_signals
 from .multifidelity import MultiFidelity, to_promote
 from .objective import Objective, front_size
 from .optuna_internals import frozen, record_heartbeat, set_trial_attrs, set_trial_state
@@ -231,8 +231,9 @@ def _progress_line(study: optuna.Study, t: optuna.trial.FrozenTrial, baseline: b
 def _worker_entry(cfg: StudyConfig, index: int, env: dict[str, str], baseline: bool,
                   salt: int) -> int:
     os.environ.update(env)  # before torch is imported in this process
-    return run_worker(cfg, index, print_fn=lambda s: print(s, flush=True), baseline=baseline,
-                      salt=salt)
+    with stop_on_signals():  # a Ctrl-C to the terminal reaches these processes too
+        return run_worker(cfg, index, print_fn=lambda s: print(s, flush=True), baseline=baseline,
+                          salt=salt)
 
 
 def visible_gpus(cfg: StudyConfig) -> int:
