@@ -208,3 +208,42 @@ def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
                                ).get_trials()
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
     assert trials[2].state.name == "COMPLETE" and trials[2].params == trials[1].params
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_local_workers_stops_them_all_and_the_study_resumes(tmp_path):
+    import os
+    import signal
+
+    import optuna
+
+    from condconv_nas.study import open_storage
+
+    space = Path(__file__).parent.parent / "search_spaces" / "tiny.yaml"
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nspace: {space}\ndataset: synthetic\ntrials: 6\nworkers: 2\n"
+                     "train_limit: 1000\nrecipe: {epochs: 4, batch_size: 64}\n")
+    cmd = [sys.executable, "-m", "condconv_nas.cli", "search", str(study)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:
+        if line.startswith("trial "):
+            break
+    import time
+
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    storage = str(tmp_path / "s.journal")
+    stopped = optuna.load_study(study_name="s", storage=open_storage(storage)).get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in stopped) < 6
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="s", storage=open_storage(storage)).get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 6
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    for t in stopped:  # what was stored before Ctrl-C is kept as it was
+        if t.state.name == "COMPLETE":
+            assert trials[t.number].values == t.values
