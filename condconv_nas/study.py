@@ -236,9 +236,10 @@ def _check_budget(cfg: StudyConfig, data: Dataset) -> str:
     cheapest, costliest = (count_cost(_adapter(cfg.space, data)(s)).madds
                            for s in cfg.space.extremes())
     if cheapest > cfg.budget_madds:
-        raise StudyError(f"{cfg.path}: budget_madds: {cfg.budget_madds:,} is below the cheapest architecture "
-                         f"of the space ({cheapest:,} MAdds on {cfg.dataset}), so every trial "
-                         f"would be over budget; raise budget_madds to at least {cheapest:,}")
+        raise StudyError(f"{cfg.path}: budget_madds: {cfg.budget_madds:,} is below the cheapest "
+                         f"architecture of the space ({cheapest:,} MAdds on {cfg.dataset}), so "
+                         f"every trial would be over budget; raise budget_madds to at least "
+                         f"{cheapest:,}")
     return (f"space: {cheapest / 1e6:.2f}M to {costliest / 1e6:.2f}M MAdds on {cfg.dataset}"
             + ("" if costliest <= cfg.budget_madds else
                f"; architectures over the {cfg.budget_madds / 1e6:.2f}M budget are counted as "
