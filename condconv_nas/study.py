@@ -253,6 +253,7 @@ def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> 
     # The dataset's shape fixes input size, channels and classes of every baseline; loading it
     # here also reports a missing dataset before anything is queued.
     data = load_study_data(cfg)
+    _check_budget(cfg, data)  # the grid spans the search's range up to the budget
     space = cfg.space
     adapt = _adapter(space, data)
     # The study's budget, not the space's: search points up to it must have a baseline to meet.
@@ -372,6 +373,7 @@ def run_calibrate(cfg: StudyConfig, archs: int | None = None,
             raise StudyError(f"{cfg.path}: calibration.train_images: {n} exceeds the {n_train} "
                              f"training images of {cfg.dataset} (after the validation split); "
                              "lower it or write all")
+    _check_budget(cfg, data)  # space samples are drawn within the budget
     picks = calibration_archs(cfg, _adapter(cfg.space, data), cal.archs)
     study = open_study(ccfg, "calibrate")
     study.set_user_attr("calibration", cal.to_dict())

@@ -68,6 +68,13 @@ CASES = [
      "repeated"),
     ("space-budget-below-cheapest", {"space.yaml": space(budget_madds=1000)}, SEARCH,
      "below the cheapest architecture"),
+    ("baselines-budget-below-cheapest", {"space.yaml": space(budget_madds=1000)},
+     ["baselines", "{d}/study.yaml", "--storage", "{d}/store.journal"],
+     "below the cheapest architecture"),
+    ("calibrate-budget-below-cheapest", {"space.yaml": space(budget_madds=1000), "study.yaml": study(
+        calibration={"epochs": [1], "train_images": [200, "all"]})},
+     ["calibrate", "{d}/study.yaml", "--storage", "{d}/store.journal"],
+     "below the cheapest architecture"),
     ("space-width-zero", {"space.yaml": space(**stage(width=[0]))}, SEARCH, "width"),
     ("space-width-word", {"space.yaml": space(**stage(width=["wide"]))}, SEARCH, "width"),
     ("space-depth-reversed", {"space.yaml": space(**stage(depth=[3, 1]))}, SEARCH, "depth"),
