@@ -40,7 +40,7 @@ def open_journal(path: str, writer: bool) -> optuna.storages.JournalStorage:
     if writer and file.is_file():
         with get_lock_file(lock):  # no other writer is half-way through a record meanwhile
             _drop_cut_off_tail(file)
-    elif file.is_file() and _last_byte(file) not in (b"", b"\n"):
+    elif file.is_file() and _complete_length(file) < file.stat().st_size:
         # A reader leaves the file as it is (a writer may be mid-record); Optuna skips the tail.
         print(f"note: storage {file} ends in an incomplete record (a write in progress or "
               "interrupted, or not a journal); reading the complete records only", file=sys.stderr)
@@ -61,20 +61,14 @@ def _check_head(file: Path) -> None:
                            "JSON record); give a new .journal path or an existing journal")
 
 
-def _last_byte(file: Path) -> bytes:
-    with open(file, "rb") as f:
-        f.seek(max(0, file.stat().st_size - 1))
-        return f.read(1)
-
-
-def _drop_cut_off_tail(file: Path) -> None:
-    """Truncate the bytes after the last newline (a record whose write was killed)."""
+def _complete_length(file: Path) -> int:
+    """Bytes up to and including the last newline: the complete records (all of an empty file)."""
     size = file.stat().st_size
-    with open(file, "rb+") as f:
+    with open(file, "rb") as f:
         f.seek(max(0, size - 1))
         if size == 0 or f.read(1) == b"\n":
-            return
-        # Read back in blocks until the last newline: the cut-off record is short.
+            return size
+        # Read back in blocks until the last newline: a cut-off record is short.
         keep, end = 0, size  # keep 0: no newline at all, the only record was cut off
         while end > 0 and not keep:
             start = max(0, end - (1 << 16))
@@ -82,6 +76,15 @@ def _drop_cut_off_tail(file: Path) -> None:
             if (i := f.read(end - start).rfind(b"\n")) >= 0:
                 keep = start + i + 1
             end = start
+    return keep
+
+
+def _drop_cut_off_tail(file: Path) -> None:
+    """Truncate the bytes after the last newline (a record whose write was killed)."""
+    size, keep = file.stat().st_size, _complete_length(file)
+    if keep == size:
+        return
+    with open(file, "rb+") as f:
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())

@@ -233,8 +233,8 @@ def _adapter(space: SearchSpace, data: Dataset) -> Callable[[ArchSpec], ArchSpec
 
 def _check_budget(cfg: StudyConfig, data: Dataset) -> str:
     """Refuse a budget below the space's cheapest architecture; else a line on the space's range."""
-    cheapest, costliest = (count_cost(_adapter(cfg.space, data)(s)).madds
-                           for s in cfg.space.extremes())
+    adapt = _adapter(cfg.space, data)
+    cheapest, costliest = (count_cost(adapt(s)).madds for s in cfg.space.extremes())
     if cheapest > cfg.budget_madds:
         raise StudyError(f"{cfg.path}: budget_madds: {cfg.budget_madds:,} is below the cheapest "
                          f"architecture of the space ({cheapest:,} MAdds on {cfg.dataset}), so "

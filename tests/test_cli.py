@@ -169,34 +169,48 @@ def test_search_bad_input(tmp_path, capsys, content, extra, needle):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.slow)])
-def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
+def _stop_a_search(tmp_path, settings: str, stop) -> tuple[list[str], int, str]:
+    """Start `search` on the tiny space, `stop(proc)` it one second after its first finished
+    trial (mid-way through the next); returns the command, its exit code and its stderr."""
     import signal
+    import time
 
     space = Path(__file__).parent.parent / "search_spaces" / "tiny.yaml"
     study = tmp_path / "s.yaml"
-    study.write_text(f"name: s\nspace: {space}\ndataset: synthetic\ntrials: 3\n"
+    study.write_text(f"name: s\nspace: {space}\ndataset: synthetic\n{settings}"
                      "train_limit: 1000\nrecipe: {epochs: 4, batch_size: 64}\n")
     cmd = [sys.executable, "-m", "condconv_nas.cli", "search", str(study)]
     # A shell that started the tests in the background ignores SIGINT, and children inherit that:
-    # give the search the default handler, as a terminal would.
+    # give the search the default handler, as a terminal would (in a process group of its own).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in proc.stdout:  # wait for one finished trial, then stop mid-way through the next
+    for line in proc.stdout:
         if line.startswith("trial "):
             break
-    import time
-
     time.sleep(1.0)
-    proc.send_signal(getattr(signal, sig))
+    stop(proc)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err and "run the same command" in err
+    return cmd, proc.returncode, err
+
+
+def _stored_trials(tmp_path) -> list:
     import optuna
 
     from condconv_nas.study import open_storage
 
-    trials = optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "s.journal"))
-                               ).get_trials()
+    return optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "s.journal"))
+                             ).get_trials()
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.slow)])
+def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
+    import signal
+
+    cmd, code, err = _stop_a_search(tmp_path, "trials: 3\n",
+                                    lambda proc: proc.send_signal(getattr(signal, sig)))
+    assert code == 130 and "Traceback" not in err and "run the same command" in err
+    trials = _stored_trials(tmp_path)
     assert trials[0].state.name == "COMPLETE"
     assert trials[1].state.name == "FAIL" and trials[1].user_attrs["stale"]
     assert trials[2].state.name == "WAITING" and trials[2].user_attrs["retry_of"] == 1
@@ -204,8 +218,7 @@ def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
         return  # the stored state is the one SIGINT leaves (checked above): one resume suffices
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0
-    trials = optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "s.journal"))
-                               ).get_trials()
+    trials = _stored_trials(tmp_path)
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
     assert trials[2].state.name == "COMPLETE" and trials[2].params == trials[1].params
 
@@ -215,33 +228,15 @@ def test_ctrl_c_to_local_workers_stops_them_all_and_the_study_resumes(tmp_path):
     import os
     import signal
 
-    import optuna
-
-    from condconv_nas.study import open_storage
-
-    space = Path(__file__).parent.parent / "search_spaces" / "tiny.yaml"
-    study = tmp_path / "s.yaml"
-    study.write_text(f"name: s\nspace: {space}\ndataset: synthetic\ntrials: 6\nworkers: 2\n"
-                     "train_limit: 1000\nrecipe: {epochs: 4, batch_size: 64}\n")
-    cmd = [sys.executable, "-m", "condconv_nas.cli", "search", str(study)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in proc.stdout:
-        if line.startswith("trial "):
-            break
-    import time
-
-    time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err
-    storage = str(tmp_path / "s.journal")
-    stopped = optuna.load_study(study_name="s", storage=open_storage(storage)).get_trials()
+    # A terminal's Ctrl-C reaches the whole process group: the search and its workers.
+    cmd, code, err = _stop_a_search(tmp_path, "trials: 6\nworkers: 2\n",
+                                    lambda proc: os.killpg(proc.pid, signal.SIGINT))
+    assert code == 130 and "Traceback" not in err, err
+    stopped = _stored_trials(tmp_path)
     assert sum(t.state.name == "COMPLETE" for t in stopped) < 6
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    trials = optuna.load_study(study_name="s", storage=open_storage(storage)).get_trials()
+    trials = _stored_trials(tmp_path)
     assert sum(t.state.name == "COMPLETE" for t in trials) == 6
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
     for t in stopped:  # what was stored before Ctrl-C is kept as it was
