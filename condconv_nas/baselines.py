@@ -25,11 +25,12 @@ from .record import BASELINE_FAMILIES
 from .space import SearchSpace
 from .spec import ArchSpec
 
-__all__ = ["ALPHA", "BETA", "FAMILIES", "BaselinePoint", "baseline_grid", "search_range",
-           "static_base"]
+__all__ = ["ALPHA", "BETA", "FAMILIES", "MATCH_TOLERANCE", "BaselinePoint", "baseline_grid",
+           "matched_controls", "search_range", "static_base"]
 
 FAMILIES = BASELINE_FAMILIES  # the order of every table and figure
 ALPHA, BETA = 1.2, 1.29  # depth and width growth per unit of phi; 1.2 * 1.29**2 = 2.00
+MATCH_TOLERANCE = 0.02  # a control within 2% of a point's MAdds is matched; else it is bracketed
 
 
 @dataclass(frozen=True)
@@ -157,4 +158,56 @@ def _experts_family(space: SearchSpace, base: ArchSpec) -> list[tuple[float, Arc
         stages = tuple(dataclasses.replace(s, experts=(e,)) if i in searched else s
                        for i, s in enumerate(base.stages))
         out.append((float(e), base.replace(stages=stages, name=f"{base.name}-e{e}")))
+    return out
+
+
+def _configs(family: str, space: SearchSpace, base: ArchSpec, target: int
+             ) -> tuple[tuple[float, ArchSpec] | None, tuple[float, ArchSpec] | None]:
+    """The family's dearest configuration at or below `target` MAdds and its cheapest above."""
+    if family in ("width", "compound"):
+        make = _maker(family, base)
+        low, high = (0.05, 8.0) if family == "width" else (-8.0, 6.0)
+        if count_cost(make(low)).madds > target or count_cost(make(high)).madds < target:
+            made = [(low, make(low)), (high, make(high))]
+        else:
+            for _ in range(40):  # MAdds rise in steps with the multiplier (channel rounding)
+                mid = (low + high) / 2
+                low, high = (mid, high) if count_cost(make(mid)).madds <= target else (low, mid)
+            made = [(low, make(low)), (high, make(high))]
+    elif family == "depth":
+        make = _maker(family, base)
+        made = [(m, make(m)) for m in (round(0.05 * i, 2) for i in range(1, 161))]
+    else:
+        made = _experts_family(space, base)
+    # Of the multipliers that give one network, the one nearest 1 names it ('depth x1', not x0.55).
+    costed = sorted(((count_cost(spec).madds, abs(m - (0 if family == "compound" else 1)), m, spec)
+                     for m, spec in made), key=lambda c: c[:2])
+    below = [c for c in costed if c[0] <= target]
+    above = [c for c in costed if c[0] > target]
+    lo = max(below, key=lambda c: (c[0], -c[1])) if below else None
+    hi = above[0] if above else None
+    return tuple(None if c is None else (c[2], c[3]) for c in (lo, hi))  # type: ignore[return-value]
+
+
+def matched_controls(space: SearchSpace, families: tuple[str, ...], madds: int,
+                     adapt=lambda s: s, tolerance: float = MATCH_TOLERANCE
+                     ) -> dict[str, list[BaselinePoint]]:
+    """Per family, the control of a point with `madds` MAdds: one configuration within
+    `tolerance` of it (matched), else the two that bracket it (cheaper first).
+
+    Width and compound solve their multiplier (and phi) by bisection; depth (whole repeats) and
+    experts (whole counts) choose from their configurations. A family that cannot reach the
+    point from both sides, and has nothing within tolerance, gets no control.
+    """
+    base = adapt(static_base(space.base))
+    out: dict[str, list[BaselinePoint]] = {}
+    for family in families:
+        lo, hi = _configs(family, space, base, madds)
+        costed = [BaselinePoint(family, round(m, 4), spec, count_cost(spec).madds)
+                  for m, spec in (c for c in (lo, hi) if c is not None)]
+        near = [p for p in costed if abs(p.madds - madds) <= tolerance * madds]
+        if near:
+            out[family] = [min(near, key=lambda p: abs(p.madds - madds))]
+        elif len(costed) == 2:
+            out[family] = costed
     return out

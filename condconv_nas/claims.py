@@ -1,111 +1,228 @@
-"""The headline's claims: confirmed search means against baseline seed means, with honest errors.
+"""The headline's claims: confirmed front points against matched-cost controls, on the holdout split.
 
-A search front point is the best of many single runs, so its own accuracy is inflated by the
-selection (the winner's curse). A claim is therefore made only from its *confirmation*: the same
-architecture retrained with fresh seeds. Each comparison is a contrast of independent group means
-(one group = one architecture's accuracies over seeds):
+A search front point is the best of many single validation runs, so its validation accuracy is
+inflated twice: by seed luck and by the architecture's luck on the validation images that
+selected it. A claim therefore rests only on runs scored on the *holdout* split, which no search
+trial, pruner or sampler saw: the point's confirmation (fresh seeds 1..N) and its controls,
+configurations of each baseline family trained under the same seed indices at the point's own
+MAdds (`baselines.matched_controls`).
 
-    gain = mean(confirmed) - [(1 - w) mean(baseline_j) + w mean(baseline_j+1)]
+- **Matched**: a control within 2% of the point's cost. The point's difference is the mean over
+  shared seeds of (point - control).
+- **Bracketed**: no configuration is that close (depth moves in whole repeats, widths round to
+  multiples of 8), so the two that bracket the point were trained. A gain is read only against
+  the dearer, a loss only against the cheaper: on an accuracy curve that rises with cost, each
+  reading can only understate its own direction.
 
-where the baseline is interpolated on log-MAdds between its two grid points around the confirmed
-point's MAdds (w = 0 or 1 at a grid point). Its standard error adds every group's s^2/n with the
-squared weights; its degrees of freedom are Welch-Satterthwaite's, so a gain is judged with
-Welch's t (scipy.stats.t) and reduces exactly to Welch's two-sample test at a grid point.
-
-The tested claim per (source, baseline family) is the mean of these gains over the confirmed
-points the family's MAdds range covers: one contrast, one test. All such tests on a page (the
-search and its random control against every family) enter one Holm step-down, so the chance of
-any false claim on the page is at most 5%. Per-point gains are shown with unadjusted intervals
-as description, and are never claims on their own. Torch-free.
+**The unit of replication is the front point.** An architecture's luck on the holdout images is
+shared by all of its seeds, so seeds are not independent replicates of a point-against-control
+difference (pooling them was anti-conservative in simulation). Per (front, family) the points'
+differences form a sample; points that share a control are averaged into one unit (their
+differences share that control's luck). The tested claim is a two-sided t-interval over the
+units (df = units - 1); a claim needs at least 3 units, every front point the family's MAdds
+range reaches confirmed and controlled. One Holm step-down runs over every test a page states
+(both fronts, every family, the MAdds and latency axes together). `bench/null_sim.py` runs whole
+simulated studies through these functions. Torch-free.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
-__all__ = ["ALPHA", "Estimate", "Group", "claims_gain", "compare", "contrast", "groups_of",
-           "headline", "holm", "interpolation_terms"]
+__all__ = ["ALPHA", "MIN_UNITS", "Arch", "Claim", "Pairing", "apply_holm", "family_claim", "holm",
+           "isotonic", "pair", "study_headline"]
 
-ALPHA = 0.05  # family-wise error over all comparisons on a page
-
-
-@dataclass(frozen=True)
-class Group:
-    """One architecture's accuracy over seeds: MAdds, mean, sample std (ddof 1), seeds."""
-
-    madds: float
-    mean: float
-    std: float
-    n: int
+ALPHA = 0.05  # family-wise error over all claims on a page
+MIN_UNITS = 3  # independent front points a family claim needs
+MATCH_TOLERANCE = 0.02  # as baselines.MATCH_TOLERANCE (a control that close is matched)
+NO_HOLDOUT = "not confirmed on a holdout split: no claim is made"
 
 
 @dataclass(frozen=True)
-class Estimate:
-    """A contrast of group means: its value, standard error and Welch-Satterthwaite df."""
+class Arch:
+    """One architecture's holdout accuracy by seed index, at its cost (MAdds or ms)."""
 
-    value: float
-    se: float
-    df: float
+    key: str
+    cost: float
+    acc: Mapping[int, float]
 
-    def ci(self, level: float = 0.95) -> tuple[float, float]:
-        """The two-sided confidence interval (NaN when the error is unknown)."""
-        if not (self.se > 0 and self.df > 0):
-            return (math.nan, math.nan)
-        half = float(stats.t.ppf(0.5 + level / 2, self.df)) * self.se
-        return (self.value - half, self.value + half)
-
-    def p_value(self) -> float:
-        """Two-sided p-value of 'the contrast is zero' (NaN when the error is unknown)."""
-        if not (self.se > 0 and self.df > 0):
-            return math.nan
-        return float(2 * stats.t.sf(abs(self.value) / self.se, self.df))
+    @property
+    def mean(self) -> float:
+        """Mean holdout accuracy over its seeds (NaN without any)."""
+        return float(np.mean(list(self.acc.values()))) if self.acc else math.nan
 
 
-def contrast(terms: Sequence[tuple[float, Group]]) -> Estimate:
-    """sum(c * mean) over independent groups, with its standard error and df.
-
-    A group of one seed has no variance estimate: the error is then unknown (NaN), and no claim
-    can rest on it.
-    """
-    value = sum(c * g.mean for c, g in terms)
-    parts = [(c * c * g.std ** 2 / g.n, g.n) for c, g in terms if c != 0]
-    if any(n < 2 or not math.isfinite(v) for v, n in parts):
-        return Estimate(value, math.nan, math.nan)
-    var = sum(v for v, _ in parts)
-    if var <= 0:
-        return Estimate(value, 0.0, math.nan)
-    df = var ** 2 / sum(v * v / (n - 1) for v, n in parts)
-    return Estimate(value, math.sqrt(var), df)
+def paired_difference(a: Arch, b: Arch) -> float:
+    """Mean over the seed indices both were trained with of (a - b); NaN when they share none."""
+    seeds = set(a.acc) & set(b.acc)
+    return sum(a.acc[s] - b.acc[s] for s in seeds) / len(seeds) if seeds else math.nan
 
 
-def interpolation_terms(curve: Sequence[Group], madds: float, top: float | None = None
-                        ) -> list[tuple[float, Group]] | None:
-    """The baseline at `madds` as weighted grid points (log-MAdds), or None outside its range.
+@dataclass(frozen=True)
+class Pairing:
+    """A front point and its control: one matched configuration (lo is hi) or a bracket."""
 
-    `curve` is the family's front of seed means sorted by MAdds (accuracy rising). Past its last
-    point, up to `top` (the family's dearest grid point), the family is its last front point: a
-    dearer grid point that is less accurate is dominated, and at that budget one would use the
-    front's. No extrapolation: a point cheaper than the cheapest or dearer than `top` is not
-    compared.
-    """
-    top = curve[-1].madds if top is None or not curve else max(top, curve[-1].madds)
-    if not curve or madds < curve[0].madds or madds > top:
+    point: Arch
+    lo: Arch
+    hi: Arch
+
+    @property
+    def matched(self) -> bool:
+        """Whether one control lies within tolerance of the point's cost."""
+        return self.lo is self.hi
+
+    @cached_property
+    def d_gain(self) -> float:
+        """The difference a gain is read from: against the dearer control."""
+        return paired_difference(self.point, self.hi)
+
+    @cached_property
+    def d_loss(self) -> float:
+        """The difference a loss is read from: against the cheaper control."""
+        return paired_difference(self.point, self.lo)
+
+
+def pair(point: Arch, candidates: Sequence[Arch], tolerance: float = MATCH_TOLERANCE
+         ) -> Pairing | None:
+    """The point's control among a family's trained ones: the nearest within `tolerance` of its
+    cost, else the dearest below and the cheapest above; None when neither exists."""
+    near = [c for c in candidates if abs(c.cost - point.cost) <= tolerance * point.cost]
+    if near:
+        c = min(near, key=lambda c: (abs(c.cost - point.cost), c.key))
+        return Pairing(point, c, c)
+    below = [c for c in candidates if c.cost < point.cost]
+    above = [c for c in candidates if c.cost > point.cost]
+    if not below or not above:
         return None
-    if madds > curve[-1].madds:
-        return [(1.0, curve[-1])]
-    for lo, hi in zip(curve, curve[1:]):
-        if lo.madds <= madds <= hi.madds:
-            if hi.madds == lo.madds:
-                return [(1.0, lo)]
-            w = (math.log(madds) - math.log(lo.madds)) / (math.log(hi.madds) - math.log(lo.madds))
-            return [(1.0 - w, lo), (w, hi)] if 0 < w < 1 else [(1.0, hi if w >= 1 else lo)]
-    return [(1.0, curve[0])]  # a single-point curve at exactly this MAdds
+    return Pairing(point, max(below, key=lambda c: (c.cost, c.key)),
+                   min(above, key=lambda c: (c.cost, c.key)))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One tested claim: a front's confirmed points against one baseline family on one axis."""
+
+    source: str
+    family: str
+    axis: str = "madds"
+    points: int = 0          # front points the family's range reaches
+    units: int = 0           # independent units (points sharing a control count once)
+    matched: int = 0         # points with a matched control (the rest are bracketed)
+    gain_mean: float | None = None
+    gain_ci95: tuple[float | None, float | None] = (None, None)
+    p_value: float | None = None
+    p_holm: float | None = None
+    direction: str | None = None   # "gain" or "loss": the side the two-sided test leans to
+    significant: bool = False
+    reason: str = ""               # why no claim is tested (empty when one is)
+    split: str | None = None       # the split the numbers are scored on
+    seeds: tuple[int, ...] = ()
+    madds_saved_median: float | None = None
+    per_point: tuple[dict, ...] = field(default_factory=tuple)
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether every point it would average is confirmed and controlled on the holdout."""
+        return not self.reason or self.reason.startswith("too few")
+
+    @property
+    def method(self) -> str:
+        """How the claim is tested, in words (also in `report --json`)."""
+        kind = ("matched-cost controls" if self.matched == self.points else
+                "bracketing controls (gain against the dearer, loss against the cheaper)"
+                if self.matched == 0 else "matched and bracketing controls")
+        return f"paired difference to {kind}; front point as unit, t over units (df = units - 1)"
+
+    @property
+    def verdict(self) -> str:
+        """The claim in words."""
+        if self.reason:
+            return f"no claim: {self.reason}"
+        if not self.significant:
+            return "no significant difference"
+        return f"significant {self.direction}"
+
+    def to_dict(self) -> dict:
+        """JSON-ready (`report --json` per family)."""
+        return {"comparisons": self.points, "units": self.units, "matched": self.matched,
+                "gain_mean": self.gain_mean, "gain_ci95": list(self.gain_ci95),
+                "p_value": self.p_value, "p_holm": self.p_holm, "significant": self.significant,
+                "direction": self.direction if self.significant else None,
+                "verdict": self.verdict, "reason": self.reason or None,
+                "confirmed": self.confirmed, "method": self.method, "split": self.split,
+                "seeds": list(self.seeds), "madds_saved_median": self.madds_saved_median,
+                "points": list(self.per_point)}
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _units(pairings: Sequence[Pairing]) -> list[list[Pairing]]:
+    """Points grouped so that no two groups share a control (union of shared controls)."""
+    groups: list[tuple[set[str], list[Pairing]]] = []
+    for p in pairings:
+        keys = {p.lo.key, p.hi.key}
+        joined = [g for g in groups if g[0] & keys]
+        merged = (set(keys).union(*(g[0] for g in joined)), [q for g in joined for q in g[1]] + [p])
+        groups = [g for g in groups if not g[0] & keys] + [merged]
+    return [g[1] for g in groups]
+
+
+def family_claim(source: str, family: str, pairings: Sequence[Pairing], missing: int = 0,
+                 axis: str = "madds", split: str | None = "holdout") -> Claim:
+    """The tested claim of one front against one family from its points' pairings.
+
+    `missing` counts points the family's range reaches that have no confirmation or control:
+    then no claim is tested. Per unit, the mean of its points' differences; the interval runs
+    from the gain side's lower bound to the loss side's upper bound, and the two-sided p-value
+    is twice the smaller one-sided one (matched controls: the ordinary t-test).
+    """
+    points = len(pairings) + missing
+    seeds = tuple(sorted({len(p.point.acc) for p in pairings}))
+    base = Claim(source, family, axis, points=points, matched=sum(p.matched for p in pairings),
+                 split=split, seeds=seeds, per_point=tuple(
+                     {"point": p.point.key, "cost": p.point.cost, "kind": "matched" if p.matched else "bracketed",
+                      "d_gain": _num(p.d_gain), "d_loss": _num(p.d_loss),
+                      "control_cost": [p.lo.cost] if p.matched else [p.lo.cost, p.hi.cost]}
+                     for p in pairings))
+    if points == 0:
+        return replace(base, reason="no front point in the family's range")
+    if missing:
+        return replace(base, reason=f"{missing} of {points} front points lack a confirmation or "
+                                    "control on the holdout split: run `condconv-nas confirm`")
+    units = _units(pairings)
+    gain = np.array([np.mean([p.d_gain for p in u]) for u in units])
+    loss = np.array([np.mean([p.d_loss for p in u]) for u in units])
+    n = len(units)
+    base = replace(base, units=n, gain_mean=_num(float((gain.mean() + loss.mean()) / 2)))
+    if not (np.isfinite(gain).all() and np.isfinite(loss).all()):
+        return replace(base, reason="a point and its control share no seed index: no claim")
+    if n < MIN_UNITS:
+        shared = f" ({points} points, some sharing controls)" if points >= MIN_UNITS else ""
+        return replace(base, reason=f"too few front points ({n} of {MIN_UNITS} needed{shared}): "
+                                    "no claim")
+    half = float(special.stdtrit(n - 1, 0.975))  # Student's t quantile
+    se_g, se_l = gain.std(ddof=1) / math.sqrt(n), loss.std(ddof=1) / math.sqrt(n)
+    p_gain = _one_sided(gain.mean(), se_g, n - 1)
+    p_loss = _one_sided(-loss.mean(), se_l, n - 1)
+    p = min(1.0, 2 * min(p_gain, p_loss))
+    return replace(base, gain_ci95=(_num(gain.mean() - half * se_g), _num(loss.mean() + half * se_l)),
+                   p_value=p, direction="gain" if p_gain <= p_loss else "loss")
+
+
+def _one_sided(mean: float, se: float, df: int) -> float:
+    """P(T >= mean / se) for Student's t with `df` (se 0: certain when the mean is positive)."""
+    if se <= 0:
+        return 0.0 if mean > 0 else 1.0
+    return float(special.stdtr(df, -mean / se))  # Student's t survival function
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -121,157 +238,158 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
-def groups_of(df: pd.DataFrame, key: str) -> list[Group]:
-    """Group a frame's runs (val_acc, madds) by `key`, sorted by MAdds."""
-    out = []
-    for _, g in df.groupby(key, sort=False):
-        acc = g.val_acc.to_numpy(float)
-        out.append(Group(float(g.madds.iloc[0]), float(acc.mean()),
-                         float(acc.std(ddof=1)) if len(acc) > 1 else math.nan, len(acc)))
-    return sorted(out, key=lambda g: g.madds)
+def apply_holm(claims: Sequence[Claim], alpha: float = ALPHA) -> list[Claim]:
+    """Every claim with its Holm-adjusted p-value over all of them, and the decision at `alpha`."""
+    adjusted = holm([math.nan if c.p_value is None else c.p_value for c in claims])
+    return [replace(c, p_holm=_num(float(a)), significant=bool(a < alpha))
+            for c, a in zip(claims, adjusted)]
 
 
-def _monotone(curve: list[Group]) -> list[Group]:
-    """The grid points that no cheaper point beats: the family's curve a user would pick from."""
-    kept: list[Group] = []
-    for g in curve:
-        if not kept or g.mean > kept[-1].mean:
-            kept.append(g)
-    return kept
+def isotonic(costs: Sequence[float], means: Sequence[float], weights: Sequence[float]
+             ) -> list[float]:
+    """Weighted isotonic (non-decreasing) fit of means sorted by cost: pool adjacent violators.
 
-
-def _curves(baselines: dict[str, list[Group]]) -> dict[str, tuple[list[Group], float]]:
-    """Per family: its front of seed means (sorted by MAdds) and its dearest grid point's MAdds."""
-    return {family: (_monotone(sorted(grid, key=lambda g: g.madds)), max(g.madds for g in grid))
-            for family, grid in baselines.items()}
-
-
-def compare(confirmed: dict[str, list[Group]], baselines: dict[str, list[Group]],
-            alpha: float = ALPHA) -> pd.DataFrame:
-    """One row per (source, confirmed point, baseline family) whose MAdds the family covers.
-
-    Columns: source ('search' or 'random'), family, madds, acc (confirmed mean), seeds,
-    baseline_acc, gain, se, df, ci_lo, ci_hi (95%, unadjusted), p, p_holm (over every row),
-    significant (p_holm < alpha), saved (share of the family's MAdds saved at the confirmed
-    mean's accuracy; descriptive, not tested).
+    A running maximum of noisy seed means is biased upward; pooling is not (on a flat truth it
+    is the pooled mean).
     """
-    rows = []
-    curves = _curves(baselines)
-    for source, points in confirmed.items():
-        for family, (curve, top) in curves.items():
-            for point in points:
-                terms = interpolation_terms(curve, point.madds, top)
-                if terms is None:
-                    continue
-                est = contrast([(1.0, point)] + [(-c, g) for c, g in terms])
-                lo, hi = est.ci()
-                rows.append({"source": source, "family": family, "madds": point.madds,
-                             "acc": point.mean, "seeds": point.n,
-                             "baseline_acc": sum(c * g.mean for c, g in terms),
-                             "gain": est.value, "se": est.se, "df": est.df, "ci_lo": lo,
-                             "ci_hi": hi, "p": est.p_value(),
-                             "saved": _saved(curve, point)})
-    cols = ["source", "family", "madds", "acc", "seeds", "baseline_acc", "gain", "se", "df",
-            "ci_lo", "ci_hi", "p", "p_holm", "significant", "saved"]
-    out = pd.DataFrame(rows, columns=[c for c in cols if c not in ("p_holm", "significant")])
-    out["p_holm"] = holm(out.p.to_numpy(float)) if len(out) else []
-    out["significant"] = out.p_holm < alpha
-    return out.reindex(columns=cols)
-
-
-def _saved(curve: list[Group], point: Group) -> float:
-    """1 - MAdds / the family's MAdds at the point's accuracy (log-MAdds interpolation)."""
-    accs = [g.mean for g in curve]
-    if len(curve) < 2 or not accs[0] <= point.mean <= accs[-1]:
-        return math.nan
-    base = math.exp(float(np.interp(point.mean, accs, [math.log(g.madds) for g in curve])))
-    return 1.0 - point.madds / base
-
-
-def headline(confirmed: dict[str, list[Group]], baselines: dict[str, list[Group]],
-             alpha: float = ALPHA) -> dict[str, dict[str, dict]]:
-    """Per source and baseline family, the tested claim: the confirmed front's mean gain.
-
-    For each (source, family) the gain of every confirmed point the family's MAdds range covers
-    is averaged into one contrast (shared baseline points counted once), with its 95% CI and
-    Welch p-value; Holm runs over every (source, family) test on the page. `significant` is the
-    Holm decision at `alpha`; `comparisons` counts the points averaged.
-    """
-    tests: list[tuple[str, str, Estimate, list[Group]]] = []
-    curves = _curves(baselines)
-    for source, points in confirmed.items():
-        for family, (curve, top) in curves.items():
-            covered = [(p, interpolation_terms(curve, p.madds, top)) for p in points]
-            covered = [(p, t) for p, t in covered if t is not None]
-            weights: dict[int, list] = {}
-            for p, terms in covered:
-                for c, g in [(1.0, p)] + [(-c, g) for c, g in terms]:
-                    weights.setdefault(id(g), [0.0, g])[0] += c / len(covered)
-            est = (contrast([(c, g) for c, g in weights.values()]) if covered
-                   else Estimate(math.nan, math.nan, math.nan))
-            tests.append((source, family, est, [p for p, _ in covered]))
-    adjusted = holm([t[2].p_value() for t in tests])
-    out: dict[str, dict[str, dict]] = {}
-    for (source, family, est, pts), p_holm in zip(tests, adjusted):
-        saved = [v for v in (_saved(curves[family][0], p) for p in pts) if math.isfinite(v)]
-        out.setdefault(source, {})[family] = {
-            "comparisons": len(pts), "gain_mean": _num(est.value), "gain_ci95": [_num(v) for v in est.ci()],
-            "p_value": _num(est.p_value()), "p_holm": _num(float(p_holm)),
-            "significant": bool(p_holm < alpha),
-            "madds_saved_median": _num(float(np.median(saved))) if saved else None,
-            "seeds": sorted({p.n for p in pts}),
-        }
+    order = np.argsort(costs, kind="stable")
+    blocks: list[list[float]] = []  # [weighted sum, weight, count]
+    for i in order:
+        blocks.append([means[i] * weights[i], weights[i], 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, w, c = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + s, blocks[-1][1] + w, blocks[-1][2] + c]
+    fitted = [b[0] / b[1] for b in blocks for _ in range(int(b[2]))]
+    out = [0.0] * len(order)
+    for rank, i in enumerate(order):
+        out[i] = fitted[rank]
     return out
 
 
-def claims_gain(head: dict[str, dict[str, dict]], source: str = "search") -> bool:
-    """Whether the page claims a significant gain of `source` over some baseline family."""
-    return any(h["significant"] and (h["gain_mean"] or 0) > 0 for h in head.get(source, {}).values())
+def _saved(curve: pd.DataFrame, point: Arch) -> float:
+    """1 - cost / the family's cost at the point's holdout accuracy (descriptive, not tested)."""
+    if len(curve) < 2 or not curve.acc.iloc[0] <= point.mean <= curve.acc.iloc[-1]:
+        return math.nan
+    accs, logs = curve.acc.to_numpy(float), np.log(curve.cost.to_numpy(float))
+    keep = np.r_[True, np.diff(accs) > 0]  # np.interp needs rising accuracies
+    return 1.0 - point.cost / math.exp(float(np.interp(point.mean, accs[keep], logs[keep])))
 
 
-def _num(v: float) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
+def _archs(runs: pd.DataFrame, key: str) -> dict:
+    """Architectures of a frame's runs with a holdout score: {group: Arch}."""
+    runs = runs[runs.holdout_acc.notna()]
+    out = {}
+    for k, g in runs.groupby(key, sort=True):
+        name = f"#{int(k)}" if isinstance(k, float) else str(k)  # a front trial's number
+        out[k] = Arch(name, float(g.madds.iloc[0]),
+                      {int(s): float(a) for s, a in zip(g.seed, g.holdout_acc)})
+    return out
 
 
-def study_headline(finished: pd.DataFrame, confirmed: pd.DataFrame,
-                   alpha: float = ALPHA) -> dict:
-    """The page's claims from a study's frames (results.finished and results.confirmed).
+def _curve(base: pd.DataFrame) -> pd.DataFrame:
+    """A family's holdout seed means, made monotone in cost (the descriptive curve)."""
+    have = base[base.holdout_acc.notna()]
+    if have.empty:
+        return pd.DataFrame(columns=["cost", "acc"])
+    g = have.groupby("multiplier").agg(cost=("madds", "first"), acc=("holdout_acc", "mean"),
+                                       n=("holdout_acc", "size")).sort_values("cost")
+    return pd.DataFrame({"cost": g.cost.to_numpy(float),
+                         "acc": isotonic(g.cost.tolist(), g.acc.tolist(), g.n.tolist())})
 
-    Returns {"confirmed": any source confirmed, "sources": {source: {family: claim}}, "front":
-    {source: [{"number", "madds", "single_run_acc", "confirmed_acc", "seeds"}]}}. Only the
-    confirmed means of each source's current front points enter a claim; a front point without
-    confirmation runs is listed as selected, not confirmed.
-    """
+
+def _front_status(finished: pd.DataFrame, confirmed: pd.DataFrame) -> dict[str, list[dict]]:
+    """Per source, its front points with single-run, confirmed and holdout accuracies."""
     from .pareto import front
-    from .record import BASELINE_FAMILIES, SEARCH_FAMILIES
+    from .record import SEARCH_FAMILIES
 
-    groups: dict[str, list[Group]] = {}
-    fronts: dict[str, list[dict]] = {}
+    out: dict[str, list[dict]] = {}
     for source in SEARCH_FAMILIES:
         f = front(finished[finished.family == source])
         if f.empty:
             continue
         runs = confirmed[(confirmed.family == source) & confirmed.confirm_of.isin(f.number)]
         by_trial = {int(k): g for k, g in runs.groupby("confirm_of")}
-        fronts[source] = []
+        out[source] = []
         for r in f.itertuples():
             g = by_trial.get(int(r.number))
             acc = g.val_acc.to_numpy(float) if g is not None else np.array([])
-            fronts[source].append({"number": int(r.number), "madds": float(r.madds),
-                                   "single_run_acc": float(r.val_acc),
-                                   "confirmed_acc": float(acc.mean()) if len(acc) else None,
-                                   "confirmed_std": float(acc.std(ddof=1)) if len(acc) > 1 else None,
-                                   "seeds": int(len(acc))})
-            if len(acc):
-                groups.setdefault(source, []).append(
-                    Group(float(r.madds), float(acc.mean()),
-                          float(acc.std(ddof=1)) if len(acc) > 1 else math.nan, len(acc)))
-    base = finished[finished.family.isin(BASELINE_FAMILIES)]
-    baselines = {family: groups_of(base[base.family == family], "multiplier")
-                 for family in BASELINE_FAMILIES if (base.family == family).any()}
-    head = headline(groups, baselines, alpha) if groups and baselines else {}
-    for source, claims in head.items():
-        complete = all(p["seeds"] > 0 for p in fronts[source])
-        for claim in claims.values():
-            claim["confirmed"] = complete
-    return {"confirmed": bool(groups), "sources": head, "front": fronts}
+            held = (g.holdout_acc.dropna().to_numpy(float) if g is not None else np.array([]))
+            out[source].append({
+                "number": int(r.number), "madds": float(r.madds), "single_run_acc": float(r.val_acc),
+                "confirmed_acc": float(acc.mean()) if len(acc) else None,
+                "confirmed_std": float(acc.std(ddof=1)) if len(acc) > 1 else None,
+                "seeds": int(len(acc)),
+                "holdout_acc": float(held.mean()) if len(held) else None,
+                "holdout_std": float(held.std(ddof=1)) if len(held) > 1 else None})
+    return out
+
+
+def _claims(finished: pd.DataFrame, confirmed: pd.DataFrame, fronts: dict[str, list[dict]],
+            axis: str, split: str) -> list[Claim]:
+    """Every (front, family) claim of one axis, before Holm."""
+    from .record import BASELINE_FAMILIES
+
+    points = _archs(confirmed[confirmed.confirm_of.notna()], "confirm_of")
+    controls = confirmed[confirmed.confirm_of.isna() & confirmed.family.isin(BASELINE_FAMILIES)]
+    holdout = confirmed.holdout_acc.notna().any()
+    out = []
+    for source, front in fronts.items():
+        for family in BASELINE_FAMILIES:
+            base = finished[finished.family == family]
+            if base.empty:
+                continue
+            lo, hi = base.madds.min(), base.madds.max()
+            reach = [p for p in front if lo <= p["madds"] <= hi]
+            if not holdout:
+                out.append(Claim(source, family, axis, points=len(reach), reason=NO_HOLDOUT))
+                continue
+            candidates = list(_archs(controls[controls.family == family], "arch_key").values())
+            pairings, missing = [], 0
+            for p in reach:
+                arch = points.get(float(p["number"]))
+                arch = None if arch is None else replace(arch, cost=p["madds"])
+                pairing = pair(arch, candidates) if arch is not None and len(arch.acc) else None
+                if pairing is None:
+                    missing += 1
+                else:
+                    pairings.append(pairing)
+            claim = family_claim(source, family, pairings, missing, axis, split)
+            curve = _curve(base)
+            saved = [v for v in (_saved(curve, q.point) for q in pairings) if math.isfinite(v)]
+            out.append(replace(claim, madds_saved_median=float(np.median(saved)) if saved else None))
+    return out
+
+
+def study_headline(finished: pd.DataFrame, confirmed: pd.DataFrame,
+                   latency: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+                   split: str = "holdout", alpha: float = ALPHA) -> dict:
+    """The page's claims from a study's frames (results.finished and results.confirmed).
+
+    `latency` gives the same two frames on the measured-latency axis (pareto.latency_axis);
+    its claims join the one Holm. Returns {"confirmed": any front point confirmed,
+    "holdout": whether confirmations were scored on a holdout split, "sources": {source:
+    {family: Claim}}, "front": {source: [point status]}, "latency": the same three for
+    latency or None}.
+    """
+    axes = {"madds": (finished, confirmed)}
+    if latency is not None and not latency[0].empty:
+        axes["latency"] = latency
+    fronts = {axis: _front_status(f, c) for axis, (f, c) in axes.items()}
+    # Before any confirmation there is nothing to test, and the page says so once.
+    claims = [c for axis, (f, c_) in axes.items() if c_.confirm_of.notna().any()
+              for c in _claims(f, c_, fronts[axis], axis, split)]
+    claims = apply_holm(claims, alpha)
+
+    def view(axis: str) -> dict:
+        sources: dict[str, dict[str, Claim]] = {}
+        for c in claims:
+            if c.axis == axis:
+                sources.setdefault(c.source, {})[c.family] = c
+        front = fronts[axis]
+        return {"confirmed": any(p["seeds"] for ps in front.values() for p in ps),
+                "holdout": bool(confirmed.holdout_acc.notna().any()) if len(confirmed) else False,
+                "sources": sources, "front": front}
+
+    out = view("madds")
+    out["latency"] = view("latency") if "latency" in axes else None
+    return out

@@ -195,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _study_parser(sub, "fidelity", help="does the proxy rank architectures as longer training "
                        "does? (Kendall tau)")
-    p.add_argument("--top", type=int, default=3, metavar="K",
-                   help="front points and baseline points to retrain (default 3 each)")
+    p.add_argument("--top", type=int, default=4, metavar="K",
+                   help="searched and baseline architectures to retrain, each spread over MAdds "
+                   "and accuracy ranks (default 4 each)")
     p.add_argument("--epochs", type=int, default=10, metavar="N", help="long-run epochs (10)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print the record as JSON")

@@ -228,7 +228,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Train the calibration ladder into X.calibrate and recommend the cheapest faithful proxy."""
-    from .calibration import seed_line, study_lines, verdict_line
+    from .calibration import ci_text, seed_line, study_lines, verdict_line
     from .study import load_study_config, run_calibrate, with_overrides
 
     _positive(args, "workers", "workers_per_gpu")
@@ -254,11 +254,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"{ref['train_images'] or 'all'} images, {ref['archs']} architectures, "
           f"{ref['seconds_per_arch']:.1f} s each; accuracies {ref['acc_min']:.4f}-"
           f"{ref['acc_max']:.4f}):")
-    print(f"  {'budget':<18} {'archs':>5} {'tau':>6} {'p':>8} {'MAdds':>6} {'params':>6} "
-          f"{'s/arch':>8}")
+    print(f"  {'budget':<18} {'archs':>5} {'tau':>6} {'95% interval':>14} {'p (>0)':>8} "
+          f"{'MAdds':>6} {'tau-MAdds 95%':>14} {'params':>6} {'s/arch':>8}  qualifies")
     for b in out["budgets"]:
-        print(f"  {b['label']:<18} {b['archs']:>5} {b['tau']:>6.2f} {b['p_value']:>8.3g} "
-              f"{b['tau_madds']:>6.2f} {b['tau_params']:>6.2f} {b['seconds_per_arch']:>8.1f}")
+        print(f"  {b['label']:<18} {b['archs']:>5} {b['tau']:>6.2f} {ci_text(b['tau_ci95']):>14} "
+              f"{b['p_value']:>8.3g} {b['tau_madds']:>6.2f} {ci_text(b['tau_gain_ci95']):>14} "
+              f"{b['tau_params']:>6.2f} {b['seconds_per_arch']:>8.1f}  "
+              f"{'yes' if b['qualifies'] else 'no'}")
     print(seed_line(ref))
     print(verdict_line(out))
     if (rec := out["recommended"]) is not None:
@@ -324,7 +326,14 @@ def _results(args: argparse.Namespace) -> tuple[StudyConfig, StudyResults]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a study's architecture: arch.json, weights, TorchScript, ONNX, model card."""
-    from .export import check_weights, export_trial, parse_pick, pick_trial, retrain_trial
+    from .export import (
+        check_weights,
+        confirmed_summary,
+        export_trial,
+        parse_pick,
+        pick_trial,
+        retrain_trial,
+    )
 
     if args.retrain is not None and args.retrain < 1:
         raise UsageError(f"--retrain: must be >= 1 epochs, got {args.retrain}")
@@ -338,8 +347,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("--untrained and --retrain exclude each other; drop one")
     if not args.retrain and not args.untrained:
         check_weights(results, row, cfg.artifacts)
-    print(f"exporting trial {int(row.number)} of {cfg.name} ({args.pick}): val acc "
-          f"{row.val_acc:.4f}, {int(row.madds):,} MAdds -> {out}", file=sys.stderr)
+    conf = confirmed_summary(results, int(row.number))
+    told = (f"confirmed {conf['split']} acc {conf['mean']:.4f} over {conf['seeds']} seeds, "
+            if conf else "")
+    print(f"exporting trial {int(row.number)} of {cfg.name} ({args.pick}): {told}single-run val "
+          f"acc {row.val_acc:.4f}, {int(row.madds):,} MAdds -> {out}", file=sys.stderr)
     model = retrained = None
     if args.retrain:
         model, retrained = retrain_trial(cfg, row, args.retrain, args.device,
@@ -362,6 +374,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
     """Retrain front and baseline points longer; Kendall tau of proxy against long-run ranks."""
+    from .calibration import ci_text
     from .config import load_study_config, with_overrides
     from .longrun import run_fidelity
 
@@ -369,18 +382,17 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     cfg = with_overrides(load_study_config(args.study), storage=args.storage)
     record = run_fidelity(cfg, args.top, args.epochs, args.device,
                           print_fn=lambda s: print(s, flush=True))
-    if args.json:
-        print(json.dumps(record))
+    if args.json:  # NaN (a constant ranking) is not JSON: null
+        print(json.dumps(_json_safe(record)))
     else:
-        print(f"Kendall tau {record['tau']:.3f} (p = {record['p_value']:.3g}, n = {record['n']}): "
-              f"{record['verdict']}")
+        print(f"Kendall tau {record['tau']:.3f} (95% interval {ci_text(record['tau_ci95'])}, "
+              f"one-sided p = {record['p_value']:.3g}, n = {record['n']}): {record['verdict']}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a study (search, control, baselines) as HTML plus CSV."""
-    from .claims import study_headline
-    from .report import headline_json, write_report
+    from .report import headline_json, page_headline, write_report
 
     cfg, results = _results(args)
     out = Path(args.output) if args.output else Path("reports") / f"{cfg.name}.html"
@@ -388,8 +400,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {out}: the report is an HTML file; give a name ending in .html")
     if out.is_dir():
         raise UsageError(f"-o {out}: is a folder; give a file name such as {out / out.name}")
-    paths = write_report(results, out)
-    head = study_headline(results.finished, results.confirmed)
+    head = page_headline(results)
+    paths = write_report(results, out, head)
     if args.json:
         print(json.dumps({**{k: str(v) for k, v in paths.items()},
                           **headline_json(results, head)}))
@@ -400,13 +412,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"csv: {paths['trials_csv']}, {paths['fronts_csv']}")
     if not head["confirmed"]:
         print(f"not confirmed: no claim is made; run `condconv-nas confirm {args.study}`")
+    elif not head["holdout"]:
+        print("not confirmed on a holdout split: no claim is made (a study stored before "
+              "holdout splits existed)")
     for family, c in head["sources"].get("search", {}).items():
-        if c["gain_mean"] is not None:
-            lo, hi = c["gain_ci95"]
-            ci = f" [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else ""
-            print(f"search vs {family}: {100 * c['gain_mean']:+.2f} pp{ci} at matched MAdds, "
-                  f"{'significant' if c['significant'] else 'not significant'} (Holm p "
-                  f"{c['p_holm'] if c['p_holm'] is not None else float('nan'):.3g})")
+        if c.reason:
+            print(f"search vs {family} ({c.split or 'holdout'}): {c.verdict}")
+            continue
+        lo, hi = c.gain_ci95
+        ci = f" [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else ""
+        print(f"search vs {family} ({c.split}): {100 * c.gain_mean:+.2f} pp{ci} at matched "
+              f"MAdds over {c.units} front points, {c.verdict} (Holm p {c.p_holm:.3g})")
     return 0
 
 

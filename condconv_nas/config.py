@@ -34,7 +34,7 @@ HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a tria
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
          "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
          "artifacts", "heartbeat", "confirm", "multifidelity", "calibration", "measure",
-         "objectives", "workers_per_gpu"}
+         "objectives", "workers_per_gpu", "holdout", "holdout_size"}
 OBJECTIVES = ("madds", "latency")  # the cost axis searched against accuracy
 
 
@@ -98,7 +98,19 @@ class StudyConfig:
     calibration: Calibration = Calibration()
     measure: MeasureSettings | None = None
     objective: str = "madds"  # the second objective: "madds" or measured "latency" (ms)
+    # The split claims are scored on: "carve" (holdout_size training images, default as many as
+    # validation, disjoint from validation and training), "test" (the dataset's test split), or
+    # None for a study stored before holdout splits existed (its layout has none).
+    holdout: str | None = "carve"
+    holdout_size: int | None = None
     path: str = ""
+
+    @property
+    def data_holdout(self) -> int | str | None:
+        """The holdout argument of `data.load_dataset` for this study."""
+        if self.holdout == "carve":
+            return self.holdout_size or "val"
+        return self.holdout
 
 
 def preprocess_of(data: Dataset) -> dict[str, Any]:
@@ -119,7 +131,7 @@ def load_study_data(cfg: StudyConfig, device: str | torch.device = "cpu",
 
     limit = cfg.train_limit if train_limit == "study" else train_limit
     data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
-                        train_limit=limit, device=device)
+                        train_limit=limit, device=device, holdout=cfg.data_holdout)
     check_batch_size(cfg.recipe, data)
     return data
 
@@ -228,6 +240,15 @@ def load_study_config(path: str | Path) -> StudyConfig:
     data_dir = data.get("data_dir")
     if data_dir is not None and not isinstance(data_dir, str):
         raise StudyError(f"{src}: data_dir: must be a path, got {data_dir!r}")
+    holdout = data.get("holdout", "carve")
+    if holdout not in ("carve", "test"):
+        raise StudyError(f"{src}: holdout: must be carve (holdout_size training images, disjoint "
+                         f"from validation) or test (the dataset's test split), got {holdout!r}")
+    holdout_size = (None if data.get("holdout_size") is None
+                    else _int(src, "holdout_size", data["holdout_size"], 1))
+    if holdout == "test" and holdout_size is not None:
+        raise StudyError(f"{src}: holdout_size: the test split is used whole with holdout: test; "
+                         "remove one of the two keys")
     dataset = data["dataset"]
     if dataset.startswith("npz:"):
         dataset = "npz:" + str(_relative(path, dataset[4:]))
@@ -245,7 +266,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
                      else _int(src, "train_limit", data["train_limit"], 1)),
         pruner=pruner, baselines=baselines, artifacts=artifacts, heartbeat=heartbeat,
         confirm_seeds=confirm_seeds, multifidelity=multifidelity, calibration=calibration,
-        measure=measure, objective=objective, path=src)
+        measure=measure, objective=objective, holdout=holdout, holdout_size=holdout_size,
+        path=src)
 
 
 def _measure(src: str, data: Any) -> MeasureSettings | None:
@@ -307,13 +329,22 @@ def _images(src: str, key: str, value: Any) -> int | None:
 def _calibration(src: str, data: Any) -> Calibration:
     if data is None:
         return Calibration()
-    keys = {"epochs", "train_images", "reference", "min_tau", "archs"}
+    keys = {"epochs", "train_images", "reference", "min_tau", "archs", "min_archs"}
     if not isinstance(data, dict) or set(data) - keys:
         raise StudyError(f"{src}: calibration: must be a mapping with keys {', '.join(sorted(keys))}")
     default = Calibration()
+
+    def images(key: str, value: Any) -> int | float | None:
+        # A fraction of the training split is resolved against the split when calibrate runs.
+        if isinstance(value, float) and 0 < value <= 1:
+            return None if value == 1 else value
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool)):
+            return _images(src, key, value)
+        raise StudyError(f"{src}: {key}: must be an integer (images), a fraction in (0, 1] of the "
+                         f"training split, or all, got {value!r}")
+
     out = {}
-    for key, parse in (("epochs", lambda k, v: _int(src, k, v, 1)),
-                       ("train_images", lambda k, v: _images(src, k, v))):
+    for key, parse in (("epochs", lambda k, v: _int(src, k, v, 1)), ("train_images", images)):
         values = data.get(key, ["all" if v is None else v for v in getattr(default, key)])
         if not isinstance(values, list) or not values:
             raise StudyError(f"{src}: calibration.{key}: must be a non-empty list, got {values!r}")
@@ -323,21 +354,23 @@ def _calibration(src: str, data: Any) -> Calibration:
         raise StudyError(f"{src}: calibration.reference: must be a mapping with epochs and "
                          "train_images (the long run the ladder is judged against)")
     reference = (_int(src, "calibration.reference.epochs", ref.get("epochs", default.reference[0]), 1),
-                 _images(src, "calibration.reference.train_images", ref.get("train_images", "all")))
+                 images("calibration.reference.train_images", ref.get("train_images", "all")))
     for e in out["epochs"]:
         if e > reference[0]:
             raise StudyError(f"{src}: calibration.epochs: {e} exceeds the reference's "
                              f"{reference[0]} epochs; the reference must be the longest run")
-    for n in out["train_images"]:
-        if reference[1] is not None and (n is None or n > reference[1]):
+    for n in out["train_images"]:  # a count against a fraction: checked once they are resolved
+        if reference[1] is not None and (n is None or (isinstance(n, float) is isinstance(
+                reference[1], float) and n > reference[1])):
             raise StudyError(f"{src}: calibration.train_images: {n or 'all'} exceeds the "
                              f"reference's {reference[1]}; the reference must be the largest")
     min_tau = data.get("min_tau", default.min_tau)
     if isinstance(min_tau, bool) or not isinstance(min_tau, (int, float)) or not 0 < min_tau <= 1:
         raise StudyError(f"{src}: calibration.min_tau: must be a number in (0, 1], got {min_tau!r}")
     archs = _int(src, "calibration.archs", data.get("archs", default.archs), 4)
+    min_archs = _int(src, "calibration.min_archs", data.get("min_archs", default.min_archs), 4)
     cal = Calibration(epochs=out["epochs"], train_images=out["train_images"], reference=reference,
-                      min_tau=float(min_tau), archs=archs)
+                      min_tau=float(min_tau), archs=archs, min_archs=min_archs)
     if not cal.ladder():
         raise StudyError(f"{src}: calibration: the ladder has no budget below the reference")
     return cal
@@ -403,8 +436,11 @@ def result_settings(cfg: StudyConfig) -> dict[str, Any]:
     differently in one study; `storage`, `workers`, `trials`, `sampler` and `device` may change.
     """
     space = cfg.space
+    # A study stored before holdout splits existed has no holdout key: its layout stays as it was.
+    holdout = ({} if cfg.holdout is None else
+               {"holdout": {"split": cfg.holdout, "size": cfg.holdout_size}})
     return json.loads(json.dumps({
-        "dataset": cfg.dataset, "data_dir": cfg.data_dir, "val_size": cfg.val_size,
+        **holdout, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "val_size": cfg.val_size,
         "train_limit": cfg.train_limit, "recipe": dataclasses.asdict(cfg.recipe),
         "seed": cfg.seed, "budget_madds": cfg.budget_madds,
         "multifidelity": dataclasses.asdict(cfg.multifidelity) if cfg.multifidelity else None,
@@ -415,9 +451,14 @@ def result_settings(cfg: StudyConfig) -> dict[str, Any]:
                   "resolution": space.resolution}}))
 
 
+# Keys whose absence means something: a study without `holdout` trained on a layout without one.
+PRESENCE_KEYS = ("holdout",)
+
+
 def settings_differ(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Keys (recipe fields as recipe.X) whose stored value differs from now; absent ones agree."""
-    out = []
+    """Keys (recipe fields as recipe.X) whose stored value differs from now; absent ones agree
+    (but for PRESENCE_KEYS, where one side's absence is a difference)."""
+    out = [k for k in PRESENCE_KEYS if (k in stored) != (k in now)]
     for key, value in stored.items():
         if key not in now:
             continue
@@ -441,4 +482,6 @@ def manifest(cfg: StudyConfig) -> dict[str, Any]:
                                "rungs": list(cfg.multifidelity.rungs)}
                               if cfg.multifidelity else None),
             "measure": dataclasses.asdict(cfg.measure) if cfg.measure else None,
-            "objective": cfg.objective}
+            "objective": cfg.objective,
+            "holdout": (None if cfg.holdout is None else
+                        {"split": cfg.holdout, "size": cfg.holdout_size})}

@@ -57,7 +57,12 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train/val/test splits plus what augmentation and normalisation need."""
+    """Train/val/test splits plus what augmentation and normalisation need.
+
+    `holdout` is the split claims are scored on: carved from the training images disjoint from
+    validation and training, or the test split; empty when the study has none (written before
+    holdout splits existed).
+    """
 
     name: str
     train: Split
@@ -68,6 +73,7 @@ class Dataset:
     std: tuple[float, ...]
     flip: bool
     pad: int
+    holdout: Split | None = None
 
     @property
     def in_channels(self) -> int:
@@ -82,7 +88,8 @@ class Dataset:
     def to(self, device: str | torch.device) -> Dataset:
         """The dataset with every split on `device`."""
         return replace(self, train=self.train.to(device), val=self.val.to(device),
-                       test=self.test.to(device))
+                       test=self.test.to(device),
+                       holdout=None if self.holdout is None else self.holdout.to(device))
 
 
 # --- readers ------------------------------------------------------------------------------------
@@ -266,17 +273,21 @@ def _synthetic(seed: int, n_train: int = 2000, n_test: int = 500, size: int = 16
 
 
 def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = None, split_seed: int = 0,
-                 train_limit: int | None = None, device: str | torch.device = "cpu") -> Dataset:
-    """Load a dataset, carve a seeded validation split from train, and put it on `device`.
+                 train_limit: int | None = None, device: str | torch.device = "cpu",
+                 holdout: int | str | None = None) -> Dataset:
+    """Load a dataset, carve seeded validation (and holdout) splits from train, put it on `device`.
 
     Args:
         name: fashion-mnist, cifar10, cifar100, npz:DIR or synthetic.
         data_dir: where to look first (then $CONDCONV_NAS_DATA, then Debian's folder).
         val_size: images taken from the training set for validation, fixed by split_seed
             (default: 5000, or a tenth of the training set when that is smaller).
-        split_seed: seed of the train/val split and of the optional subset.
-        train_limit: keep only this many training images (after the val split), for fast runs.
+        split_seed: seed of the train/val/holdout split and of the optional subset.
+        train_limit: keep only this many training images (after the splits), for fast runs.
         device: where the tensors live.
+        holdout: the split claims are scored on: a number of training images carved disjoint
+            from validation and training ("val": as many as validation), "test" for the
+            dataset's test split, or None for none (the layout of studies stored before).
     """
     flip, pad = True, 4
     if name == "fashion-mnist":
@@ -294,11 +305,22 @@ def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = 
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if val_size is None:
         val_size = min(5000, max(1, len(ytr) // 10))
+    carve = val_size if holdout == "val" else holdout if isinstance(holdout, int) else 0
     if not 0 < val_size < len(ytr):
         raise DataError(f"validation size {val_size} must be between 1 and the {len(ytr)} "
                         f"training images minus one")
+    if val_size + carve >= len(ytr):
+        raise DataError(f"validation ({val_size}) and holdout ({carve}) images leave none of the "
+                        f"{len(ytr)} training images to train on; lower val_size or "
+                        "holdout_size, or use holdout: test")
+    if holdout == "test" and not len(yte):
+        raise DataError(f"holdout: test, but {name} has no test split (an npz folder needs "
+                        "test.npz); write holdout_size instead to carve one from training")
+    # One permutation: validation first, then the holdout, then training. Without a holdout the
+    # layout is the one studies stored before holdout splits had.
     order = np.random.default_rng(split_seed).permutation(len(ytr))
-    val_idx, train_idx = order[:val_size], order[val_size:]
+    val_idx, hold_idx = order[:val_size], order[val_size : val_size + carve]
+    train_idx = order[val_size + carve :]
     if train_limit is not None:
         train_idx = train_idx[:train_limit]
     num_classes = int(max(ytr.max(), yte.max() if len(yte) else 0)) + 1
@@ -312,9 +334,13 @@ def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = 
     def split(x: np.ndarray, y: np.ndarray) -> Split:
         return Split(torch.from_numpy(np.array(x, copy=True)), torch.from_numpy(np.array(y)))
 
+    test = split(xte, yte)
+    held = (test if holdout == "test" else split(xtr[hold_idx], ytr[hold_idx]) if carve
+            else None)
     data = Dataset(name=name, train=split(xtr[train_idx], ytr[train_idx]),
-                   val=split(xtr[val_idx], ytr[val_idx]), test=split(xte, yte),
-                   num_classes=num_classes, mean=tuple(mean), std=tuple(std), flip=flip, pad=pad)
+                   val=split(xtr[val_idx], ytr[val_idx]), test=test,
+                   num_classes=num_classes, mean=tuple(mean), std=tuple(std), flip=flip, pad=pad,
+                   holdout=held)
     return data.to(device)
 
 
@@ -358,4 +384,5 @@ def resize(data: Dataset, size: int) -> Dataset:
         return Split(x.round().clamp(0, 255).to(torch.uint8), split.labels)
 
     return replace(data, train=one(data.train), val=one(data.val), test=one(data.test),
+                   holdout=None if data.holdout is None else one(data.holdout),
                    pad=max(1, data.pad * size // data.size))

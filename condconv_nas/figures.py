@@ -357,7 +357,8 @@ def edf_plot(info: EdfInfo) -> go.Figure:
 
 @dataclass(frozen=True)
 class CalibrationInfo:
-    """Each ladder budget's training seconds an architecture and Kendall tau with the reference."""
+    """Each ladder budget's training seconds an architecture and Kendall tau with the reference
+    (with its bootstrap 95% interval)."""
 
     labels: tuple[str, ...]
     seconds: tuple[float, ...]
@@ -366,6 +367,7 @@ class CalibrationInfo:
     tau_params: float
     min_tau: float
     recommended: str | None
+    tau_ci95: tuple[tuple[float, float], ...] = ()  # per budget; empty: no error bars
 
 
 def calibration_info(summary: Mapping[str, Any]) -> CalibrationInfo:
@@ -378,14 +380,21 @@ def calibration_info(summary: Mapping[str, Any]) -> CalibrationInfo:
                            tuple(float(b["tau"]) for b in budgets),
                            float(widest.get("tau_madds", math.nan)),
                            float(widest.get("tau_params", math.nan)),
-                           float(summary["min_tau"]), rec["label"] if rec else None)
+                           float(summary["min_tau"]), rec["label"] if rec else None,
+                           tuple((float(b["tau_ci95"][0]), float(b["tau_ci95"][1]))
+                                 for b in budgets))
 
 
 def calibration_plot(info: CalibrationInfo) -> go.Figure:
     """Kendall tau with the reference against training seconds an architecture, per budget."""
     fig = go.Figure()
     colors = ["#d62728" if label == info.recommended else "#1f77b4" for label in info.labels]
+    bars = ({"type": "data", "symmetric": False,
+             "array": [hi - t for t, (_, hi) in zip(info.tau, info.tau_ci95)],
+             "arrayminus": [t - lo for t, (lo, _) in zip(info.tau, info.tau_ci95)],
+             "color": "#9ecae1"} if info.tau_ci95 else None)  # bootstrap 95% intervals
     fig.add_trace(go.Scatter(x=list(info.seconds), y=list(info.tau), mode="markers+text",
+                             error_y=bars,
                              text=list(info.labels), textposition="top center",
                              marker={"size": 10, "color": colors}, name="proxy budget",
                              hovertemplate="%{text}<br>%{x:.1f} s an architecture"

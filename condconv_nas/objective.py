@@ -21,7 +21,7 @@ from .config import PrunerConfig, StudyConfig
 from .cost import count_cost
 from .isolation import Isolation
 from .pareto import pareto_front
-from .record import RESULT_FIELDS, TrialRecord, write_record
+from .record import HOLDOUT_FIELDS, RESULT_FIELDS, TrialRecord, pack_bits, write_record
 from .spec import ArchSpec
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .data import Dataset
+    from .recipe import Recipe
 
 __all__ = ["Objective", "arch_key", "feasible_done", "front_size", "should_prune", "sibling_run"]
 
@@ -108,6 +109,10 @@ class Objective:
             if cost.madds > cfg.budget_madds:  # constrained out before any training
                 write_record(trial, infeasible=True)
                 return 0.0, float(cost.madds) if cfg.objective == "madds" else math.inf
+        # Queued runs (baselines, confirmations, controls; not calibration) are scored on the
+        # holdout split too; a search trial never sees it.
+        holdout = (self.baseline and data.holdout is not None and len(data.holdout) > 0
+                   and queued.family != "calibration")
         # The same architecture, seed and budget (as recorded: set only when not the recipe's).
         budget = (epochs if mf else queued.epochs, images)
         for done in feasible_done(study, queued.rung):
@@ -126,10 +131,11 @@ class Objective:
         # The same run in a sibling study (a calibration's reference run, a baseline point the
         # search samples): its result is copied, not trained again. The trial still counts as
         # its study's own (on fronts, as a pruning witness); it keeps no weights.
-        twin = sibling_run(study, key, seed, epochs, images)
+        twin = sibling_run(study, key, seed, epochs, images, holdout)
         if twin is not None:
             name, done = twin
-            copied = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs}
+            copied = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs
+                      and (holdout or k not in HOLDOUT_FIELDS)}
             write_record(trial, **copied, copied_from=f"{name}#{done.number}")
             remove_checkpoint(ckpt)  # an attempt cut short before the twin finished
             value = (copied.get("latency_ms") if cfg.objective == "latency" else None)
@@ -164,6 +170,8 @@ class Objective:
                      **({"compile_note": result.compile_note} if result.compile_note else {}))
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
+        if holdout:
+            self._score_holdout(trial, model, run_data, recipe, guard)
         value = float(cost.madds)  # the second objective: MAdds, or the measured latency
         if cfg.measure:
             latency = self._measure(trial, model, spec)
@@ -173,6 +181,18 @@ class Objective:
                                                                        value, top):
             self._keep_weights(trial, model)
         return result.val_acc, value
+
+    def _score_holdout(self, trial: optuna.Trial, model: nn.Module, data: Dataset,
+                       recipe: Recipe, guard) -> None:
+        """Store the run's holdout accuracy and which holdout images it got right."""
+        from .train import correct_mask
+
+        assert data.holdout is not None
+        bf16 = data.train.images.device.type == "cuda" if recipe.bf16 is None else recipe.bf16
+        right = correct_mask(model, data.holdout, data, recipe.eval_batch_size, bf16,
+                             recipe.channels_last, guard)
+        write_record(trial, holdout_acc=float(right.float().mean()),
+                     holdout_correct=pack_bits(right.numpy()))
 
     def _measure(self, trial: optuna.Trial, model: nn.Module, spec: ArchSpec) -> float:
         """Time the trained network with the other workers on this machine paused; its ms."""
@@ -211,14 +231,16 @@ class Objective:
         write_record(trial, weights_artifact=artifact)
 
 
-def sibling_run(study: optuna.Study, key: str, seed: int, epochs: int, images: int | None
-                ) -> tuple[str, optuna.trial.FrozenTrial] | None:
+def sibling_run(study: optuna.Study, key: str, seed: int, epochs: int, images: int | None,
+                holdout: bool = False) -> tuple[str, optuna.trial.FrozenTrial] | None:
     """A trained run of the same architecture, seed index, epochs and images in a sibling study
-    stored under the same training settings (the study, the trial), if any."""
+    stored under the same training settings (the study, the trial), if any; with `holdout`, only
+    one scored on the holdout split (a search trial never is)."""
     from .storage import sibling_runs
 
     for name, done, r, done_epochs in sibling_runs(study):
-        if (r.arch_key, r.seed, done_epochs, r.train_images) == (key, seed, epochs, images):
+        if ((r.arch_key, r.seed, done_epochs, r.train_images) == (key, seed, epochs, images)
+                and (not holdout or r.holdout_acc is not None)):
             return name, done
     return None
 

@@ -8,14 +8,15 @@ and readers (results, storage, workers, tests) read with `TrialRecord.of`. Torch
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BASELINE_FAMILIES", "FAMILY_ORDER", "QUEUE_FIELDS", "RANDOM", "RESULT_FIELDS", "SEARCH",
-           "SEARCH_FAMILIES",
-           "TrialRecord", "copy_source", "record_attrs", "write_record"]
+__all__ = ["BASELINE_FAMILIES", "FAMILY_ORDER", "HOLDOUT_FIELDS", "QUEUE_FIELDS", "RANDOM",
+           "RESULT_FIELDS", "SEARCH", "SEARCH_FAMILIES", "TrialRecord", "copy_source", "pack_bits",
+           "record_attrs", "unpack_bits", "write_record"]
 
 # Families of trials, in the order every table, figure and CSV shows them. Search trials are
 # "search" (the study X) or "random" (its random-sampler control X.random); baseline trials carry
@@ -40,6 +41,11 @@ class TrialRecord:
     infeasible: bool = False                 # over the MAdds budget: never trained
     # What training measured.
     curve: list[dict[str, Any]] | None = None   # [{"epoch": e, "val_acc": a}, ...]
+    # The holdout split (queued runs only; no search trial ever sees it): accuracy, and which of
+    # its images the run got right (`holdout_correct`, packed by `pack_bits`, for
+    # per-image paired statistics).
+    holdout_acc: float | None = None
+    holdout_correct: str = ""
     seconds: float | None = None
     cpu_seconds: float | None = None         # CPU time of the training process over `seconds`
     images_per_s: float | None = None
@@ -93,7 +99,28 @@ QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label
                 "rung", "promoted_from", "epochs", "train_images")
 # Training results, copied from an identical earlier trial when its result is reused.
 RESULT_FIELDS = ("curve", "seconds", "cpu_seconds", "images_per_s", "epochs_run", "compile_seconds",
-                 "compile_note", "latency_ms", "latency_ms_p90", "latency_isolated", "latency_device")
+                 "compile_note", "latency_ms", "latency_ms_p90", "latency_isolated", "latency_device",
+                 "holdout_acc", "holdout_correct")
+HOLDOUT_FIELDS = ("holdout_acc", "holdout_correct")  # a search trial never holds these
+
+
+def pack_bits(correct: Sequence[bool]) -> str:
+    """Which images a run got right, as text: '<count>:' + base64 of the bits (numpy order)."""
+    import numpy as np
+
+    bits = np.packbits(np.asarray(correct, dtype=bool))
+    return f"{len(correct)}:{base64.b64encode(bits.tobytes()).decode('ascii')}"
+
+
+def unpack_bits(text: str) -> list[bool]:
+    """The per-image results that `pack_bits` stored (empty text: none)."""
+    import numpy as np
+
+    if not text:
+        return []
+    count, _, data = text.partition(":")
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(data), dtype=np.uint8))[: int(count)]
+    return bits.astype(bool).tolist()
 
 
 def record_attrs(**fields: Any) -> dict[str, Any]:

@@ -17,14 +17,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import pareto
-from .calibration import seed_line, verdict_line
-from .claims import study_headline
+from .calibration import ci_text, seed_line, verdict_line
+from .claims import Claim, study_headline
 from .errors import UserError
 from .figures import FAMILY_LABELS, PLOT_CONFIG, build_figures
 from .record import RANDOM, SEARCH, SEARCH_FAMILIES, copy_source
 from .results import StudyResults
 
-__all__ = ["ReportError", "axes_agree", "build_figures", "headline_json", "latency_headline",
+__all__ = ["ReportError", "axes_agree", "build_figures", "headline_json", "page_headline",
            "render_html", "write_report"]
 
 
@@ -87,40 +87,38 @@ def _families(done: pd.DataFrame) -> str:
     return f"<table id=families>{head}{''.join(rows)}</table>"
 
 
-def _verdict(claim: dict) -> str:
-    if claim["gain_mean"] is None or claim["p_holm"] is None:
-        return "no test (one seed, or no overlap)"
-    if not claim["significant"]:
-        return "no significant difference"
-    return "significant gain" if claim["gain_mean"] > 0 else "significant loss"
-
-
 def _claims(head: dict, cost: str = "MAdds", table_id: str = "headline") -> str:
-    """The tested claims: confirmed mean gain over each family with its 95% CI and Holm p."""
-    cols = ("<tr><th class=l>front</th><th class=l>against</th><th>confirmed points compared</th>"
-            f"<th>mean gain at matched {cost}</th><th>95% CI</th><th>p (Holm)</th>"
-            f"<th class=l>verdict</th><th>{cost} saved at matched accuracy (median)</th>"
-            "<th>seeds</th></tr>")
+    """The tested claims: per front and family, the mean paired holdout difference to its
+    controls with its 95% CI, Holm p and verdict."""
+    cols = ("<tr><th class=l>front</th><th class=l>against</th><th>points (units)</th>"
+            f"<th class=l>controls</th><th>mean difference at matched {cost}</th><th>95% CI</th>"
+            "<th>p (Holm)</th><th class=l>verdict</th>"
+            f"<th>{cost} saved at matched accuracy (median)</th><th>seeds</th></tr>")
     rows = []
     for source, claims in head["sources"].items():
         for family, c in claims.items():
-            lo, hi = c["gain_ci95"]
+            lo, hi = c.gain_ci95
             ci = "–" if lo is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}] pp"
+            kind = ("matched" if c.matched == c.points else "bracketed" if c.matched == 0
+                    else f"{c.matched} matched, {c.points - c.matched} bracketed")
             rows.append(f"<tr><td class=l>{html.escape(source)}</td><td class=l>"
-                        f"{html.escape(family)}</td><td>{c['comparisons']}</td>"
-                        f"<td>{_fmt(c['gain_mean'], 'pct')}</td><td>{ci}</td>"
-                        f"<td>{_fmt(c['p_holm'])}</td><td class=l>{_verdict(c)}</td>"
-                        f"<td>{_fmt(c['madds_saved_median'], 'share')}</td>"
-                        f"<td>{','.join(map(str, c['seeds'])) or '–'}</td></tr>")
+                        f"{html.escape(family)}</td><td>{c.points} ({c.units})</td>"
+                        f"<td class=l>{kind if c.points else '–'}</td>"
+                        f"<td>{_fmt(c.gain_mean, 'pct')}</td><td>{ci}</td>"
+                        f"<td>{_fmt(c.p_holm)}</td><td class=l>{html.escape(c.verdict)}</td>"
+                        f"<td>{_fmt(c.madds_saved_median, 'share')}</td>"
+                        f"<td>{','.join(map(str, c.seeds)) or '–'}</td></tr>")
     return f"<table id={table_id}>{cols}{''.join(rows)}</table>"
 
 
-def latency_headline(results: StudyResults) -> dict | None:
-    """The same claims with measured latency as the cost (None when nothing was measured)."""
+def page_headline(results: StudyResults) -> dict:
+    """The page's claims, computed once: the MAdds axis and, when latency was measured, the
+    latency axis, under one Holm (see claims.study_headline)."""
     timed = pareto.latency_axis(results.finished)
-    if timed.empty:
-        return None
-    return study_headline(timed, pareto.latency_axis(results.confirmed))
+    latency = None if timed.empty else (timed, pareto.latency_axis(results.confirmed))
+    holdout = (results.manifest.get("holdout") or {}).get("split")
+    return study_headline(results.finished, results.confirmed, latency,
+                          split="test" if holdout == "test" else "holdout")
 
 
 def axes_agree(head: dict, latency: dict) -> tuple[bool, list[str]]:
@@ -129,9 +127,9 @@ def axes_agree(head: dict, latency: dict) -> tuple[bool, list[str]]:
     for source, claims in head["sources"].items():
         for family, c in claims.items():
             other = latency["sources"].get(source, {}).get(family)
-            if other is not None and _verdict(c) != _verdict(other):
+            if other is not None and c.verdict != other.verdict:
                 changed.append(f"{FAMILY_LABELS.get(source, source)} against {family}: "
-                               f"{_verdict(c)} at matched MAdds, {_verdict(other)} at matched "
+                               f"{c.verdict} at matched MAdds, {other.verdict} at matched "
                                "latency")
     return not changed, changed
 
@@ -161,26 +159,32 @@ def _latency_section(head: dict, latency: dict | None, figures: dict[str, str]) 
             f"{figures.get('latency', '')}{_claims(latency, 'latency', 'latency-headline')}"
             "<p class=muted>The same protocol as the headline with each architecture's measured "
             "inference latency (the median over its runs, see the manifest's measure settings) "
-            "in place of MAdds: fronts, confirmed means, interpolation on log-latency, Welch "
-            "tests and Holm over this table.</p>"
+            "in place of MAdds: a control within 2% of a point's latency is matched, else the "
+            "two that bracket it are read conservatively. These tests share the headline's one "
+            "Holm step-down.</p>"
             f"<h2 id=latency_madds>Measured latency against MAdds</h2>"
             f"{figures.get('latency_madds', '')}<p class=muted>Where a family's points leave the "
             "others' trend, its cost in MAdds and in milliseconds part ways.</p>")
 
 
+def _view_json(view: dict) -> dict:
+    return {"headline": {f: c.to_dict() for f, c in view["sources"].get(SEARCH, {}).items()},
+            "control": {f: c.to_dict() for f, c in view["sources"].get(RANDOM, {}).items()}}
+
+
 def headline_json(results: StudyResults, head: dict) -> dict[str, Any]:
-    """The headline as data (`report --json`): per family the search's tested claim, the control's,
-    whether the front is confirmed, and the proxy-fidelity verdict."""
+    """The headline as data (`report --json`): per family the search's tested claim (with its
+    method and split), the control's, whether the front is confirmed on a holdout split, and the
+    proxy-fidelity verdict."""
     fid = results.fidelity or {}
-    latency = latency_headline(results)
-    return {"confirmed": head["confirmed"], "headline": head["sources"].get(SEARCH, {}),
-            "control": head["sources"].get(RANDOM, {}), "front": head["front"],
+    latency = head.get("latency")
+    return {"confirmed": head["confirmed"], "holdout": head["holdout"], **_view_json(head),
+            "front": head["front"],
             "latency": None if latency is None else {
-                "headline": latency["sources"].get(SEARCH, {}),
-                "control": latency["sources"].get(RANDOM, {}),
-                "same_conclusion": axes_agree(head, latency)[0]},
+                **_view_json(latency), "same_conclusion": axes_agree(head, latency)[0]},
             "fidelity": {k: fid.get(k) for k in ("tau", "p_value", "n", "epochs", "verdict",
-                                                 "tau_madds", "tau_params")} if fid else None}
+                                                 "tau_madds", "tau_params", "tau_ci95")}
+            if fid else None}
 
 
 def _rungs(results: StudyResults) -> str:
@@ -208,18 +212,25 @@ def _calibration(summary: dict | None) -> str:
     rec = (summary.get("recommended") or {}).get("label")
     rows = "".join(
         f"<tr><td class=l>{html.escape(b['label'])}{' (recommended)' if b['label'] == rec else ''}"
-        f"</td><td>{b['archs']}</td><td>{_fmt(b['tau'], 'tau')}</td><td>{_fmt(b['p_value'], 'p')}"
-        f"</td><td>{_fmt(b['tau_madds'], 'tau')}</td><td>{_fmt(b['tau_params'], 'tau')}</td>"
-        f"<td>{_fmt(b['seconds_per_arch'], 's')}</td></tr>" for b in summary["budgets"])
+        f"</td><td>{b['archs']}</td><td>{_fmt(b['tau'], 'tau')}</td>"
+        f"<td>{html.escape(ci_text(b['tau_ci95']))}</td><td>{_fmt(b['p_value'], 'p')}"
+        f"</td><td>{_fmt(b['tau_madds'], 'tau')}</td>"
+        f"<td>{html.escape(ci_text(b['tau_gain_ci95']))}</td><td>{_fmt(b['tau_params'], 'tau')}"
+        f"</td><td>{_fmt(b['seconds_per_arch'], 's')}</td>"
+        f"<td>{'yes' if b['qualifies'] else 'no'}</td></tr>" for b in summary["budgets"])
     ref = summary["reference"]
     verdict = html.escape(verdict_line(summary)) + "."
     return ("<table class=sortable><thead><tr><th class=l>budget</th><th>architectures</th>"
-            "<th>τ</th><th>p</th><th>τ MAdds</th><th>τ params</th><th>s / arch</th></tr>"
+            "<th>τ</th><th>τ 95%</th><th>p (τ &gt; 0)</th><th>τ MAdds</th><th>τ − τ MAdds 95%</th>"
+            "<th>τ params</th><th>s / arch</th><th>qualifies</th></tr>"
             f"</thead><tbody>{rows}</tbody></table><p class=muted>Kendall τ of each budget's "
-            f"validation accuracies with those of the reference ({ref['epochs']} epochs x "
-            f"{ref['train_images'] or 'all'} images, {_fmt(ref['seconds_per_arch'], 's')} an "
-            f"architecture) over the same architectures. {verdict} "
-            f"{html.escape(seed_line(ref))}.</p>")
+            f"validation accuracies with the reference's mean over its seeds ({ref['epochs']} "
+            f"epochs x {ref['train_images'] or 'all'} images, "
+            f"{_fmt(ref['seconds_per_arch'], 's')} an architecture) over the same architectures; "
+            "intervals: paired bootstrap over the architectures. A budget qualifies with τ ≥ "
+            f"{summary['min_tau']:g} over at least {summary['min_archs']} architectures, one-sided "
+            "p below 0.05 and the interval of τ − τ MAdds above zero. "
+            f"{verdict} {html.escape(seed_line(ref))}.</p>")
 
 
 def _trial_table(trials: pd.DataFrame) -> str:
@@ -250,16 +261,22 @@ def _trial_table(trials: pd.DataFrame) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def render_html(results: StudyResults, figures: dict[str, go.Figure], head: dict | None = None,
-                latency: dict | None = None) -> str:
+def render_html(results: StudyResults, figures: dict[str, go.Figure], head: dict | None = None
+                ) -> str:
     """The whole page as one string: plotly.js once in the head, then each figure as a div."""
     from plotly.offline import get_plotlyjs
 
     done = results.finished
-    head = head or study_headline(done, results.confirmed)
-    latency = latency or latency_headline(results)
+    head = head or page_headline(results)
+    latency = head.get("latency")
     families = set(done.family)
     notes = []
+    if head["confirmed"] and not head["holdout"]:
+        notes.append("<b>Not confirmed on a holdout split: no claim is made.</b> This study was "
+                     "stored before holdout splits existed, so its confirmations are scored on "
+                     "the validation split that selected the front: fresh seeds remove seed "
+                     "luck, not the architectures' luck on those images. Run the study under a "
+                     "new name for a verdict.")
     if not head["confirmed"]:
         notes.append("<b>Not confirmed: no claim is made.</b> The search front's points are "
                      "single runs, each the best of many, so their accuracy is inflated by the "
@@ -314,12 +331,17 @@ error bars.</p>
 <h2 id=headline-table>Headline</h2>
 {_claims(head)}
 {_axes_line(head, latency)}
-<p class=muted>Only confirmed means enter a claim. For each front (search, random control) and
-baseline family, the gain of every confirmed front point over the family's seed-mean curve,
-interpolated on log-MAdds inside the family's MAdds range, is averaged into one contrast; its
-95% interval and Welch t-test carry the seed noise of both sides (Welch-Satterthwaite degrees of
-freedom). Holm's step-down over every test on this page keeps the chance of any false claim at
-or below 5%. MAdds saved is descriptive, not tested.</p>
+<p class=muted>Claims use the holdout split only, which no search trial, pruner or sampler saw.
+Each confirmed front point (fresh seeds) is compared with controls of each baseline family
+trained under the same seed indices at the point's own MAdds: one within 2% (matched), or the two
+that bracket it, read conservatively (a gain only against the dearer, a loss only against the
+cheaper). The front point is the unit of replication, as an architecture's luck on the holdout
+images is shared by all its seeds: per point the mean paired difference over seeds, per family
+a two-sided t-interval over points (df = points - 1; points sharing a control count as one), at
+least 3 of them, every point in the family's range confirmed. One Holm step-down over every test
+on this page (both fronts, every family, MAdds and latency axes) keeps the chance of any false
+claim at or below 5%. The interpolated baseline curves in the figures describe; they enter no
+claim. MAdds saved is descriptive, not tested.</p>
 <h2 id=families-table>Families</h2>
 {_families(done)}
 <p class=muted>Hypervolume uses one reference point for all families, beyond the worst MAdds and
@@ -338,17 +360,19 @@ against log MAdds over the family's points (the search: its front).</p>
 """
 
 
-def write_report(results: StudyResults, out: str | Path) -> dict[str, Path]:
-    """Write the HTML page and, beside it, `<name>.trials.csv` and `<name>.fronts.csv`."""
+def write_report(results: StudyResults, out: str | Path, head: dict | None = None
+                 ) -> dict[str, Path]:
+    """Write the HTML page and, beside it, `<name>.trials.csv` and `<name>.fronts.csv`
+    (`head`: the page's claims when already computed, see page_headline)."""
     if results.finished.empty:
         raise ReportError(f"study {results.name} has no finished trials yet; run "
                           "`condconv-nas search` (and `condconv-nas baselines`) first")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    head = study_headline(results.finished, results.confirmed)
-    latency = latency_headline(results)
+    head = head or page_headline(results)
+    latency = head.get("latency")
     page = render_html(results, build_figures(results, head["front"],
-                                              latency["front"] if latency else None), head, latency)
+                                              latency["front"] if latency else None), head)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)  # a reader never sees half a page

@@ -26,7 +26,7 @@ from .storage import stale_numbers
 __all__ = ["StudyNotFoundError", "StudyResults", "architecture_summary", "calibration_of",
            "experts_by_block", "load_results", "trials_frame"]
 
-COLUMNS = ["study", "family", "number", "state", "val_acc", "madds", "params", "multiplier",
+COLUMNS = ["study", "family", "number", "state", "val_acc", "holdout_acc", "madds", "params", "multiplier",
            "seed", "label", "seconds", "images_per_s", "epochs_run", "feasible", "reused_from",
            "copied_from",
            "worker", "fail_reason", "weights_artifact", "confirm_of", "rung", "epochs",
@@ -127,6 +127,7 @@ def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame
         rows.append({
             "study": study.study_name, "family": r.family or family or SEARCH_FAMILIES[0],
             "number": t.number, "state": t.state.name, "val_acc": acc,
+            "holdout_acc": r.holdout_acc,
             "madds": r.madds if r.madds is not None else values[1], "params": r.params,
             "multiplier": r.multiplier, "seed": r.seed, "label": r.baseline_label,
             "seconds": r.seconds, "images_per_s": r.images_per_s, "epochs_run": r.epochs_run,
@@ -141,7 +142,7 @@ def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame
             "spec": json.dumps(r.spec, sort_keys=True) if r.spec else "",
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
-    for col in ("val_acc", "madds", "params", "multiplier", "seconds", "images_per_s",
+    for col in ("val_acc", "holdout_acc", "madds", "params", "multiplier", "seconds", "images_per_s",
                 "reused_from", "confirm_of", "epochs", "train_images", "latency_ms",
                 "latency_ms_p90"):
         df[col] = pd.to_numeric(df[col], errors="coerce")

@@ -10,6 +10,7 @@ not count against the study's trial budget.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import os
@@ -24,7 +25,7 @@ from typing import Any, NoReturn
 import optuna
 from optuna.trial import TrialState
 
-from .config import HEARTBEAT, settings_differ
+from .config import HEARTBEAT, StudyConfig, settings_differ
 from .errors import UserError
 from .optuna_internals import (
     heartbeat_enabled,
@@ -35,7 +36,8 @@ from .optuna_internals import (
 )
 from .record import QUEUE_FIELDS, TrialRecord, record_attrs
 
-__all__ = ["HEARTBEAT", "SIBLING_SUFFIXES", "RetryStaleTrial", "StorageError", "alive", "beating",
+__all__ = ["HEARTBEAT", "SIBLING_SUFFIXES", "RetryStaleTrial", "StorageError", "adopt_stored_layout",
+           "alive", "beating",
            "budget_used", "claim_lock", "counted", "fail_and_requeue", "heartbeat_enabled",
            "list_studies", "open_storage", "reap_stale", "same_training", "sibling_runs",
            "stale_numbers", "study_root"]
@@ -180,10 +182,28 @@ def study_root(name: str) -> str:
     return name
 
 
+def adopt_stored_layout(cfg: StudyConfig) -> StudyConfig:
+    """The config with the split layout its stored studies have: one stored before holdout splits
+    existed keeps its layout (no holdout), so resuming it trains on the images it trained on."""
+    if cfg.holdout is None or "://" not in cfg.storage and not Path(cfg.storage).exists():
+        return cfg
+    try:
+        storage = open_storage(cfg.storage, create=False, heartbeat=cfg.heartbeat)
+    except StorageError:
+        return cfg  # reported by whoever opens it for real
+    root = study_root(cfg.name)
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        settings = summary.user_attrs.get("settings")
+        if study_root(summary.study_name) == root and (settings is None or "holdout" not in settings):
+            return dataclasses.replace(cfg, holdout=None, holdout_size=None)
+    return cfg
+
+
 def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two studies' stored settings train a given architecture, seed index, epochs and
-    image count to the same result: data, split, seed, recipe (but its epochs) and measurement."""
-    keys = ("dataset", "data_dir", "val_size", "train_limit", "seed", "measure", "recipe")
+    image count to the same result: data, splits, seed, recipe (but its epochs) and measurement."""
+    keys = ("dataset", "data_dir", "val_size", "train_limit", "seed", "measure", "recipe",
+            "holdout")
     # Each run's epochs are compared with the run; execution fields never count (settings_differ).
     return all(d == "recipe.epochs" for d in settings_differ({k: a[k] for k in keys if k in a}, b))
 

@@ -38,7 +38,15 @@ from .cost import CONVENTION, count_cost
 from .interrupts import deferred_interrupt
 from .record import TrialRecord, record_attrs
 from .spec import ArchSpec
-from .storage import StorageError, budget_used, claim_lock, list_studies, open_storage, reap_stale
+from .storage import (
+    StorageError,
+    adopt_stored_layout,
+    budget_used,
+    claim_lock,
+    list_studies,
+    open_storage,
+    reap_stale,
+)
 from .workers import pending_promotion, resolve_workers, run_workers
 
 if TYPE_CHECKING:
@@ -93,7 +101,8 @@ def _check_settings(cfg: StudyConfig, study: optuna.Study, now: dict) -> None:
         if first.startswith("recipe."):
             where, old, new = first, stored["recipe"].get(first[7:]), now["recipe"].get(first[7:])
         else:  # the innermost difference: a whole space is kilobytes on one line
-            where, old, new = _first_difference(first, stored[first], now[first])
+            where, old, new = _first_difference(first, stored.get(first, _ABSENT),
+                                                now.get(first, _ABSENT))
         raise StudyError(f"{cfg.path}: study {study.study_name} was trained with other settings "
                          f"({', '.join(differ)} differ; {where}: stored {_short(old)}, now "
                          f"{_short(new)}); restore them, or give the study a new name to train "
@@ -130,7 +139,7 @@ def _short(value: Any, limit: int = 120) -> str:
 
 def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Create or resume the study, then run its workers to the total trial budget."""
-    cfg = resolve_workers(cfg)
+    cfg = resolve_workers(adopt_stored_layout(cfg))
     # A dataset that cannot be read is reported before the study is created or touched; a single
     # in-process worker then trains on this very copy.
     data = load_study_data(cfg)
@@ -169,7 +178,7 @@ def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
                else calibrate_study_config if calibrate else None)
     queued = sibling is not None
     name = sibling(cfg).name if sibling else cfg.name
-    cfg = resolve_workers(cfg)
+    cfg = resolve_workers(adopt_stored_layout(cfg))
     storage = open_storage(cfg.storage, create=False, heartbeat=cfg.heartbeat)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -248,6 +257,7 @@ def _check_budget(cfg: StudyConfig, data: Dataset) -> str:
 
 def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Queue the baseline grid (points not yet stored) in `X.baseline` and train it."""
+    cfg = adopt_stored_layout(cfg)
     settings = cfg.baselines
     bcfg = baseline_study_config(resolve_workers(cfg))
     # The dataset's shape fixes input size, channels and classes of every baseline; loading it
@@ -276,17 +286,20 @@ def run_baselines(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> 
 
 
 def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
-    """Retrain every front architecture of the search (and of its control) with fresh seeds.
+    """Retrain every front architecture of the search (and of its control) with fresh seeds, and
+    train each one's matched-cost controls under the same seeds.
 
     Runs go to the sibling study `X.confirm`, seed indices 1..N (the search trained each with
     index 0), so the selection that put a point on the front cannot inflate its confirmed mean.
     When latency was measured, the front on measured latency is confirmed too (the report makes
-    the same claims on that axis).
+    the same claims on that axis). Every run is scored on the holdout split, which no search
+    trial saw; the claims use those scores only.
     """
     from .pareto import front, latency_axis
     from .record import SEARCH_FAMILIES
     from .results import load_results
 
+    cfg = adopt_stored_layout(cfg)
     ccfg = confirm_study_config(resolve_workers(cfg))
     results = load_results(open_storage(cfg.storage, create=False), cfg.name, cfg.storage)
     done = results.finished
@@ -298,21 +311,61 @@ def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> di
                 continue
             seen.add((source, int(r.number)))
             points.append({"baseline_spec": json.loads(r.spec), "family": source,
-                           "confirm_of": int(r.number), "baseline_label": f"{source} #{r.number}"})
+                           "confirm_of": int(r.number), "baseline_label": f"{source} #{r.number}",
+                           "madds": int(r.madds)})
     if not points:
         raise StudyError(f"{cfg.path}: study {cfg.name} has no completed trials to confirm; run "
                          "`condconv-nas search` first")
     data = load_study_data(cfg)
+    controls = _controls(cfg, data, [p["madds"] for p in points], print_fn)
     study = open_study(ccfg, "confirm", parent=cfg.name)
-    queued, waiting, ccfg = _queue_runs(study, ccfg, points, range(1, cfg.confirm_seeds + 1),
-                                        print_fn)
-    print_fn(f"study {ccfg.name}: {len(points)} front architectures x {cfg.confirm_seeds} fresh "
-             f"seed(s); {queued} runs newly queued, {waiting} to run; storage {ccfg.storage}; "
-             f"{ccfg.workers} worker(s)")
+    queued, waiting, ccfg = _queue_runs(study, ccfg, [{k: v for k, v in p.items() if k != "madds"}
+                                                      for p in points] + controls,
+                                        range(1, cfg.confirm_seeds + 1), print_fn)
+    print_fn(f"study {ccfg.name}: {len(points)} front architectures and {len(controls)} "
+             f"matched-cost controls x {cfg.confirm_seeds} fresh seed(s); {queued} runs newly "
+             f"queued, {waiting} to run; storage {ccfg.storage}; {ccfg.workers} worker(s)")
     if not waiting:
-        print_fn("nothing to do (every front architecture is confirmed)")
+        print_fn("nothing to do (every front architecture and control is trained)")
         return {"ran": 0}
     return {"ran": run_workers(ccfg, print_fn, baseline=True, data=data)}
+
+
+def _controls(cfg: StudyConfig, data: Dataset, madds: list[int],
+              print_fn: Callable[[str], None]) -> list[dict]:
+    """The queued runs of every point's matched-cost controls (one per architecture).
+
+    A family controls the points its baseline grid's MAdds range reaches; a study stored before
+    holdout splits existed gets none (nothing it trains can make a claim).
+    """
+    from .baselines import matched_controls
+    from .objective import arch_key
+
+    if cfg.holdout is None:
+        print_fn(f"note: study {cfg.name} was stored before holdout splits existed: its runs are "
+                 "scored on the validation split that selected the front, so the report makes "
+                 "no claim and no controls are trained; run the study under a new name for one")
+        return []
+    adapt = _adapter(cfg.space, data)
+    families = cfg.baselines.families
+    grid = baseline_grid(cfg.space, families, cfg.baselines.points, adapt=adapt,
+                         madds_range=search_range(cfg.space, adapt, cfg.budget_madds))
+    ranges = {f: (min(p.madds for p in grid if p.family == f),
+                  max(p.madds for p in grid if p.family == f))
+              for f in families if any(p.family == f for p in grid)}
+    # One run per family and architecture: a family's claims read its own runs (the base under
+    # width and under compound is one network, trained once and reused by the other).
+    runs: dict[tuple[str, str], dict] = {}
+    for m in sorted(set(madds)):
+        reach = tuple(f for f, (lo, hi) in ranges.items() if lo <= m <= hi)
+        for family, configs in matched_controls(cfg.space, reach, m, adapt=adapt).items():
+            for c in configs:
+                key = arch_key(c.spec)
+                runs.setdefault((family, key), {"baseline_spec": c.spec.to_dict(), "family": family,
+                                      "multiplier": c.multiplier,
+                                      "baseline_label": f"{family} control {c.madds:,} MAdds "
+                                                        f"({key[:6]})"})
+    return list(runs.values())
 
 
 def calibration_archs(cfg: StudyConfig, adapt: Callable[[ArchSpec], ArchSpec], k: int
@@ -360,6 +413,9 @@ def run_calibrate(cfg: StudyConfig, archs: int | None = None,
     """Train K architectures at every proxy budget of the ladder into `X.calibrate`; summarise.
 
     Every run is a queued trial of the sibling study (resumable; `worker --calibrate` joins).
+    The reference trains at seed indices 0 .. reference_seeds - 1 (its seed tau), the ladder at
+    `proxy_seed`, none of them; fractions of the training split are resolved against it, and the
+    resolved ladder is stored, so a resumed calibration trains the same runs.
     """
     from .calibration import budget_label
     from .results import calibration_of
@@ -368,23 +424,40 @@ def run_calibrate(cfg: StudyConfig, archs: int | None = None,
     ccfg = calibrate_study_config(resolve_workers(dataclasses.replace(cfg, calibration=cal)))
     data = load_study_data(ccfg)  # every training image; a missing dataset stops us here
     n_train = len(data.train)
-    for n in (*cal.train_images, cal.reference[1]):
-        if n is not None and n > n_train:
-            raise StudyError(f"{cfg.path}: calibration.train_images: {n} exceeds the {n_train} "
-                             f"training images of {cfg.dataset} (after the validation split); "
-                             "lower it or write all")
+    for n in cal.written_counts():  # counts the user wrote; fractions always fit
+        if n > n_train:
+            key = "reference.train_images" if n == cal.reference[1] else "train_images"
+            raise StudyError(f"{cfg.path}: calibration.{key}: {n} exceeds the {n_train} "
+                             f"training images of {cfg.dataset} (what the validation and holdout "
+                             "splits leave); lower it, write a fraction such as 0.25, or all")
+    cal = cal.resolve(n_train)
+    ref_n = cal.reference[1]
+    if not cal.ladder() or any(ref_n is not None and (n is None or n > ref_n)
+                               for _, n in cal.ladder()):
+        raise StudyError(f"{cfg.path}: calibration: on {n_train} training images the ladder "
+                         f"({', '.join(budget_label(b) for b in cal.ladder()) or 'empty'}) is not "
+                         f"all below the reference ({budget_label(cal.reference)}); lower "
+                         "calibration.train_images or raise the reference's")
     _check_budget(cfg, data)  # space samples are drawn within the budget
     picks = calibration_archs(cfg, _adapter(cfg.space, data), cal.archs)
     study = open_study(ccfg, "calibrate")
     study.set_user_attr("calibration", cal.to_dict())
+
+    def points(budgets: list) -> list[dict]:
+        return [{"baseline_spec": spec.to_dict(), "family": "calibration", "epochs": e,
+                 "train_images": n, "baseline_label": f"{label} @ {budget_label((e, n))}"}
+                for label, spec in picks for e, n in budgets]
+
+    queued, _, ccfg = _queue_runs(study, ccfg, points([cal.reference]),
+                                  range(cal.reference_seeds), print_fn)
+    more, waiting, ccfg = _queue_runs(study, ccfg, points(cal.ladder()),
+                                      range(cal.proxy_seed, cal.proxy_seed + 1), print_fn)
+    queued += more
     budgets = cal.budgets()
-    queued, waiting, ccfg = _queue_runs(study, ccfg, [
-        {"baseline_spec": spec.to_dict(), "family": "calibration", "epochs": e,
-         "train_images": n, "baseline_label": f"{label} @ {budget_label((e, n))}"}
-        for label, spec in picks for e, n in budgets], range(1), print_fn)
     print_fn(f"study {ccfg.name}: {len(picks)} architectures x {len(budgets)} budgets "
              f"({', '.join(budget_label(b) for b in budgets)}; reference "
-             f"{budget_label(cal.reference)}); {queued} runs newly queued, {waiting} to run; "
+             f"{budget_label(cal.reference)} at seed indices 0-{cal.reference_seeds - 1}, the "
+             f"ladder at {cal.proxy_seed}); {queued} runs newly queued, {waiting} to run; "
              f"storage {ccfg.storage}; {ccfg.workers} worker(s)")
     if waiting:
         run_workers(ccfg, print_fn, baseline=True, data=data)

@@ -23,7 +23,8 @@ from .errors import UserError
 from .interrupts import check_interrupt
 from .recipe import SCHEDULES, Recipe, RecipeError  # noqa: F401  (re-exported: train.Recipe)
 
-__all__ = ["FitResult", "NonFiniteLossError", "Recipe", "RecipeError", "check_batch_size", "evaluate",
+__all__ = ["FitResult", "NonFiniteLossError", "Recipe", "RecipeError", "check_batch_size",
+           "correct_mask", "evaluate",
            "few_steps_note", "fit", "keep_freed_memory", "resolve_device"]
 
 # A context each training and evaluation step runs in (isolation.Isolation.step in studies).
@@ -154,6 +155,22 @@ def evaluate(model: nn.Module, split: Split, data: Dataset, batch_size: int = 10
             logits = model(x)
             correct += (logits.argmax(1) == split.labels[start : start + batch_size]).sum()
     return correct.item() / max(1, len(split))
+
+
+@torch.no_grad()
+def correct_mask(model: nn.Module, split: Split, data: Dataset, batch_size: int = 1024,
+                 bf16: bool = False, channels_last: bool = False,
+                 guard: Guard = contextlib.nullcontext) -> torch.Tensor:
+    """Which images of a split the model classifies right: bool [N] on the CPU (no augmentation)."""
+    model.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        x = normalize(split.images[start : start + batch_size], data)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with guard(), _autocast(split.images.device, bf16):
+            out.append(model(x).argmax(1) == split.labels[start : start + batch_size])
+    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.bool)
 
 
 def fit(model: nn.Module, data: Dataset, recipe: Recipe,

@@ -199,3 +199,32 @@ def test_a_named_data_dir_is_the_only_place_read(tmp_path, monkeypatch):
         load_dataset("fashion-mnist", str(tmp_path / "mine"))
     with pytest.raises(DataError, match="not found in"):
         load_dataset("cifar10", str(tmp_path / "mine"))
+
+
+def test_holdout_is_carved_disjoint_from_validation_and_training():
+    from condconv_nas.data import load_dataset
+
+    plain = load_dataset("synthetic", val_size=300)
+    data = load_dataset("synthetic", val_size=300, holdout="val")
+    assert len(data.holdout) == len(data.val) == 300 and len(data.train) == 2000 - 600
+    # The validation split is the same images as without a holdout; training lost the holdout's.
+    assert torch.equal(data.val.images, plain.val.images)
+    rows = {tuple(x.flatten().tolist()) for x in data.train.images}
+    assert not any(tuple(x.flatten().tolist()) in rows for x in data.holdout.images)
+    assert not any(tuple(x.flatten().tolist()) in rows for x in data.val.images)
+    assert torch.equal(data.holdout.images, plain.train.images[:300])  # the next 300 of the order
+    sized = load_dataset("synthetic", val_size=300, holdout=120)
+    assert len(sized.holdout) == 120 and len(sized.train) == 2000 - 420
+    test = load_dataset("synthetic", val_size=300, holdout="test")
+    assert torch.equal(test.holdout.images, test.test.images) and len(test.train) == 1700
+    assert plain.holdout is None
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"val_size": 1000, "holdout": 1000}, "leave none of the 2000 training images"),
+])
+def test_holdout_bad_sizes_are_one_line_errors(kw, needle):
+    from condconv_nas.data import DataError, load_dataset
+
+    with pytest.raises(DataError, match=needle):
+        load_dataset("synthetic", **kw)

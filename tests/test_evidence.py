@@ -14,6 +14,7 @@ from condconv_nas import study as study_mod
 from condconv_nas.cli import main
 from condconv_nas.config import load_study_config
 from condconv_nas.pareto import front
+from condconv_nas.record import unpack_bits
 from condconv_nas.results import load_results
 from condconv_nas.storage import open_storage
 from condconv_nas.study import run_baselines, run_confirm, run_search
@@ -55,7 +56,8 @@ def test_confirm_retrains_the_front_with_fresh_seeds_and_the_report_claims_from_
     res = load_results(open_storage(cfg.storage, create=False), "t", cfg.storage)
     search_front = front(res.finished[res.finished.family == "search"])
     runs = trials_of(path, "t.confirm")
-    by_source = {(t.user_attrs["confirm_of"], t.user_attrs["seed"]): t for t in runs}
+    by_source = {(t.user_attrs["confirm_of"], t.user_attrs["seed"]): t for t in runs
+                 if "confirm_of" in t.user_attrs}
     # Every front trial, each fresh seed (1..N: the search trained it with seed index 0).
     assert set(by_source) == {(int(n), s) for n in search_front.number for s in (1, 2)}
     raw = {t.number: t for t in trials_of(path, "t")}
@@ -64,6 +66,23 @@ def test_confirm_retrains_the_front_with_fresh_seeds_and_the_report_claims_from_
         assert t.user_attrs["spec"] == raw[number].user_attrs["spec"]
     seeds_of_one = [by_source[(int(search_front.number.iloc[0]), s)] for s in (1, 2)]
     assert seeds_of_one[0].user_attrs["curve"] != seeds_of_one[1].user_attrs["curve"]
+    # Matched-cost controls: width configurations at each point's MAdds (within 2%, or the two
+    # that bracket it), under the confirmation's seed indices.
+    controls = [t for t in runs if "confirm_of" not in t.user_attrs]
+    assert controls and {t.user_attrs["family"] for t in controls} == {"width"}
+    seeds: dict[str, set] = {}
+    for t in controls:
+        seeds.setdefault(t.user_attrs["baseline_label"], set()).add(t.user_attrs["seed"])
+    assert all(s == {1, 2} for s in seeds.values())
+    costs = sorted({t.user_attrs["madds"] for t in controls})
+    grid = res.finished[res.finished.family == "width"].madds
+    for m in search_front.madds[(search_front.madds >= grid.min()) & (search_front.madds <= grid.max())]:
+        assert any(abs(c - m) <= 0.02 * m for c in costs) or (
+            any(c < m for c in costs) and any(c > m for c in costs)), m
+    # Every run is scored on the holdout split (200 images: the validation size), image by image.
+    for t in runs:
+        bits = unpack_bits(t.user_attrs["holdout_correct"])
+        assert len(bits) == 200 and sum(bits) / 200 == pytest.approx(t.user_attrs["holdout_acc"])
     # Resuming queues and trains nothing.
     run_confirm(cfg, print_fn=lines.append)
     assert "nothing to do" in lines[-1] and len(trials_of(path, "t.confirm")) == len(runs)
@@ -75,12 +94,16 @@ def test_confirm_retrains_the_front_with_fresh_seeds_and_the_report_claims_from_
     for point in after["front"]["search"]:
         accs = [by_source[(point["number"], s)].values[0] for s in (1, 2)]
         assert point["confirmed_acc"] == pytest.approx(sum(accs) / 2) and point["seeds"] == 2
+    assert after["holdout"] is True
     for claim in after["headline"].values():
         assert set(claim) >= {"comparisons", "significant", "gain_mean", "gain_ci95",
-                              "madds_saved_median", "confirmed", "seeds"}
-        if claim["comparisons"]:
+                              "madds_saved_median", "confirmed", "seeds", "method", "split"}
+        assert claim["split"] == "holdout"
+        if claim["reason"] is None:
             lo, hi = claim["gain_ci95"]
             assert lo <= claim["gain_mean"] <= hi and claim["seeds"] == [2]
+        else:  # a tiny front: a claim needs 3 independent front points
+            assert not claim["significant"] and claim["verdict"].startswith("no claim")
 
 
 def test_confirm_needs_a_search_and_two_seeds(tmp_path, capsys):

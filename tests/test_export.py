@@ -212,3 +212,37 @@ def test_exported_weights_reproduce_the_trials_validation_accuracy(searched, tmp
     data = load_study_data(cfg)  # the study's own validation split, as the trial was scored
     acc = evaluate(cn.load_arch(out), data.val, data, channels_last=cfg.recipe.channels_last)
     assert acc == pytest.approx(stored, abs=1.5 / len(data.val))  # at most one image apart
+
+
+def _results_with_confirmations(holdout: bool = True):
+    """Three search front points: #2 has the best single run, #1 the best confirmed mean."""
+    from condconv_nas.results import COLUMNS, StudyResults
+
+    def frame(rows):
+        return pd.DataFrame([{**{c: None for c in COLUMNS}, "state": "COMPLETE", "feasible": True,
+                              "rung": 0, **r} for r in rows], columns=COLUMNS)
+
+    trials = frame([{"family": "search", "number": n, "val_acc": a, "madds": m, "seed": 0}
+                    for n, a, m in ((0, 0.80, 1e6), (1, 0.84, 2e6), (2, 0.86, 3e6))])
+    runs = []
+    for n, accs in ((0, (0.79, 0.80)), (1, (0.85, 0.84)), (2, (0.81, 0.80))):
+        for s, a in enumerate(accs, start=1):
+            runs.append({"family": "search", "number": 10 + 2 * n + s, "confirm_of": n,
+                         "val_acc": 0.9, "holdout_acc": a if holdout else None, "seed": s,
+                         "madds": 1e6 * (n + 1)})
+    for df in (trials, conf := frame(runs)):
+        for col in ("val_acc", "holdout_acc", "madds", "confirm_of"):
+            df[col] = pd.to_numeric(df[col])
+    return StudyResults(name="s", storage="", trials=trials, confirmations=conf)
+
+
+def test_pick_best_takes_the_best_confirmed_holdout_mean_not_the_best_single_run():
+    from condconv_nas.export import confirmed_summary, pick_trial
+
+    res = _results_with_confirmations()
+    assert int(pick_trial(res, parse_pick("best")).number) == 1
+    summary = confirmed_summary(res, 1)
+    assert summary == {"mean": pytest.approx(0.845), "std": pytest.approx(0.00707, abs=1e-5),
+                       "seeds": 2, "split": "holdout"}
+    # A study confirmed before holdout splits: the confirmed mean is on validation, said so.
+    assert confirmed_summary(_results_with_confirmations(holdout=False), 1)["split"] == "validation"

@@ -98,3 +98,24 @@ def test_legacy_study_exports_its_stored_weights(legacy, tmp_path):
     assert all(torch.equal(stored[k], exported[k]) for k in stored)
     model = cn.load_arch(out)
     assert sum(p.numel() for p in model.parameters()) == best.user_attrs["params"]
+
+
+def test_legacy_study_keeps_its_split_layout_and_claims_nothing(legacy, capsys):
+    from condconv_nas.claims import NO_HOLDOUT
+    from condconv_nas.config import load_study_config, load_study_data
+    from condconv_nas.data import load_dataset
+    from condconv_nas.storage import adopt_stored_layout
+
+    cfg = load_study_config(legacy)
+    assert cfg.holdout == "carve"  # what a new study would carve
+    kept = adopt_stored_layout(cfg)
+    assert kept.holdout is None  # stored before holdout splits: its own layout, no holdout
+    data, old = load_study_data(kept), load_dataset("synthetic")  # the 0.1.0 layout
+    assert data.holdout is None and torch.equal(data.train.images, old.train.images)
+    assert main(["confirm", str(legacy), "--seeds", "2"]) == 0
+    assert "stored before holdout splits existed" in capsys.readouterr().out
+    assert main(["report", str(legacy), "--json"]) == 0
+    head = json.loads(capsys.readouterr().out)
+    assert head["confirmed"] is True and head["holdout"] is False
+    assert head["headline"] and all(c["reason"] == NO_HOLDOUT and not c["significant"]
+                                    for c in head["headline"].values())

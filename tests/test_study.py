@@ -171,6 +171,9 @@ def test_two_worker_processes_share_the_study(tmp_path):
     ({"budget_madds": -3}, "budget_madds"),
     ({"name": "a b"}, "name: must be"),
     ({"pruner": {"k": 0}}, "pruner.k"),
+    ({"holdout": "val"}, "holdout: must be carve"),
+    ({"holdout_size": 0}, "holdout_size: must be an integer >= 1"),
+    ({"holdout": "test", "holdout_size": 100}, "holdout_size: the test split is used whole"),
 ])
 def test_study_file_errors(tmp_path, change, needle):
     with pytest.raises(UserError) as err:  # a StudyError, or the space file's own SpaceError
