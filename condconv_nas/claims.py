@@ -189,7 +189,8 @@ def family_claim(source: str, family: str, pairings: Sequence[Pairing], missing:
     seeds = tuple(sorted({len(p.point.acc) for p in pairings}))
     base = Claim(source, family, axis, points=points, matched=sum(p.matched for p in pairings),
                  split=split, seeds=seeds, per_point=tuple(
-                     {"point": p.point.key, "cost": p.point.cost, "kind": "matched" if p.matched else "bracketed",
+                     {"point": p.point.key, "cost": p.point.cost,
+                      "kind": "matched" if p.matched else "bracketed",
                       "d_gain": _num(p.d_gain), "d_loss": _num(p.d_loss),
                       "control_cost": [p.lo.cost] if p.matched else [p.lo.cost, p.hi.cost]}
                      for p in pairings))

@@ -318,9 +318,10 @@ def _results(args: argparse.Namespace) -> tuple[StudyConfig, StudyResults]:
     """The study config (with --storage applied) and its results from storage."""
     from .config import load_study_config, with_overrides
     from .results import load_results
-    from .storage import open_storage
+    from .storage import adopt_stored_layout, open_storage
 
-    cfg = with_overrides(load_study_config(args.study), storage=args.storage)
+    # A study stored before holdout splits keeps its layout (export --retrain trains on it).
+    cfg = adopt_stored_layout(with_overrides(load_study_config(args.study), storage=args.storage))
     return cfg, load_results(open_storage(cfg.storage, create=False), cfg.name, cfg.storage)
 
 

@@ -183,8 +183,9 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
                  print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Retrain the chosen points on a fresh seed index (resuming finished ones), store and
     return the fidelity record."""
-    from .storage import open_storage
+    from .storage import adopt_stored_layout, open_storage
 
+    cfg = adopt_stored_layout(cfg)  # a study stored before holdout splits keeps its layout
     storage = open_storage(cfg.storage, create=False)
     results = load_results(storage, cfg.name, cfg.storage)
     points = fidelity_points(results.finished, top, results.confirmed)

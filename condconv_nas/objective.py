@@ -109,10 +109,10 @@ class Objective:
             if cost.madds > cfg.budget_madds:  # constrained out before any training
                 write_record(trial, infeasible=True)
                 return 0.0, float(cost.madds) if cfg.objective == "madds" else math.inf
-        # Queued runs (baselines, confirmations, controls; not calibration) are scored on the
-        # holdout split too; a search trial never sees it.
-        holdout = (self.baseline and data.holdout is not None and len(data.holdout) > 0
-                   and queued.family != "calibration")
+        # Queued runs (baselines, confirmations, controls, calibration: a calibration run may be
+        # copied as a baseline point) are scored on the holdout split too; a search trial never
+        # sees it.
+        holdout = self.baseline and data.holdout is not None and len(data.holdout) > 0
         # The same architecture, seed and budget (as recorded: set only when not the recipe's).
         budget = (epochs if mf else queued.epochs, images)
         for done in feasible_done(study, queued.rung):

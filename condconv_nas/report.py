@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from . import pareto
 from .calibration import ci_text, seed_line, verdict_line
-from .claims import Claim, study_headline
+from .claims import study_headline
 from .errors import UserError
 from .figures import FAMILY_LABELS, PLOT_CONFIG, build_figures
 from .record import RANDOM, SEARCH, SEARCH_FAMILIES, copy_source

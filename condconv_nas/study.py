@@ -420,6 +420,7 @@ def run_calibrate(cfg: StudyConfig, archs: int | None = None,
     from .calibration import budget_label
     from .results import calibration_of
 
+    cfg = adopt_stored_layout(cfg)
     cal = cfg.calibration if archs is None else dataclasses.replace(cfg.calibration, archs=archs)
     ccfg = calibrate_study_config(resolve_workers(dataclasses.replace(cfg, calibration=cal)))
     data = load_study_data(ccfg)  # every training image; a missing dataset stops us here

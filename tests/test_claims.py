@@ -56,7 +56,8 @@ def test_matched_claim_is_a_one_sample_t_test_over_front_points():
 def test_a_bracket_claims_a_gain_only_against_the_dearer_control():
     pairings = []
     for i in range(4):  # far above the cheaper control, a little below the dearer one
-        cheap, dear = arch(f"lo{i}", 1e6 * (i + 1), [0.70, 0.70]), arch(f"hi{i}", 1.3e6 * (i + 1), [0.81, 0.81])
+        cheap = arch(f"lo{i}", 1e6 * (i + 1), [0.70, 0.70])
+        dear = arch(f"hi{i}", 1.3e6 * (i + 1), [0.81, 0.81])
         pairings.append(pair(arch(f"#{i}", 1.1e6 * (i + 1), [0.80 + 0.001 * i, 0.80]), [cheap, dear]))
     assert not any(p.matched for p in pairings)
     claim = family_claim("search", "depth", pairings)
