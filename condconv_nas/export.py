@@ -347,8 +347,8 @@ def _card(record: dict[str, Any], path: Path, files: list[str]) -> Path:
         f"| parameters | {met['params']:,} |",
         f"| proxy val accuracy, single search run | {met['val_acc']:.4f} "
         f"({met.get('proxy_epochs') or '?'} epochs, {prov.get('train_limit') or 'all'} training "
-        "images; selected as the best of "
-        f"{met.get('search_trials') or 'many'} trials, so inflated by that selection) |",
+        f"images; one run, picked from {met.get('search_trials') or 'many'} search trials: "
+        "selection inflates such a figure on average) |",
     ]
     conf = met.get("confirmed")
     if conf:

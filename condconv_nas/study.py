@@ -296,7 +296,7 @@ def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> di
     trial saw; the claims use those scores only.
     """
     from .pareto import front, latency_axis
-    from .record import SEARCH_FAMILIES
+    from .record import BASELINE_FAMILIES, SEARCH_FAMILIES
     from .results import load_results
 
     cfg = adopt_stored_layout(cfg)
@@ -317,7 +317,14 @@ def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> di
         raise StudyError(f"{cfg.path}: study {cfg.name} has no completed trials to confirm; run "
                          "`condconv-nas search` first")
     data = load_study_data(cfg)
-    controls = _controls(cfg, data, [p["madds"] for p in points], print_fn)
+    # Controls for the families whose baselines are stored, over the MAdds range stored there:
+    # the report reads a family's range from the same runs.
+    ranges = {f: (float(g.madds.min()), float(g.madds.max()))
+              for f, g in done[done.family.isin(BASELINE_FAMILIES)].groupby("family")}
+    if not ranges and cfg.holdout is not None:
+        print_fn("note: no baselines are stored yet, so no matched-cost controls are trained; "
+                 "run `condconv-nas baselines`, then `confirm` again to add them")
+    controls = _controls(cfg, data, [p["madds"] for p in points], ranges, print_fn)
     study = open_study(ccfg, "confirm", parent=cfg.name)
     queued, waiting, ccfg = _queue_runs(study, ccfg, [{k: v for k, v in p.items() if k != "madds"}
                                                       for p in points] + controls,
@@ -332,11 +339,12 @@ def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> di
 
 
 def _controls(cfg: StudyConfig, data: Dataset, madds: list[int],
-              print_fn: Callable[[str], None]) -> list[dict]:
-    """The queued runs of every point's matched-cost controls (one per architecture).
+              ranges: dict[str, tuple[float, float]], print_fn: Callable[[str], None]
+              ) -> list[dict]:
+    """The queued runs of every point's matched-cost controls (one per family and architecture).
 
-    A family controls the points its baseline grid's MAdds range reaches; a study stored before
-    holdout splits existed gets none (nothing it trains can make a claim).
+    A family controls the points its stored baselines' MAdds range (`ranges`) reaches; a study
+    stored before holdout splits existed gets none (nothing it trains can make a claim).
     """
     from .baselines import matched_controls
     from .objective import arch_key
@@ -347,24 +355,18 @@ def _controls(cfg: StudyConfig, data: Dataset, madds: list[int],
                  "no claim and no controls are trained; run the study under a new name for one")
         return []
     adapt = _adapter(cfg.space, data)
-    families = cfg.baselines.families
-    grid = baseline_grid(cfg.space, families, cfg.baselines.points, adapt=adapt,
-                         madds_range=search_range(cfg.space, adapt, cfg.budget_madds))
-    ranges = {f: (min(p.madds for p in grid if p.family == f),
-                  max(p.madds for p in grid if p.family == f))
-              for f in families if any(p.family == f for p in grid)}
-    # One run per family and architecture: a family's claims read its own runs (the base under
-    # width and under compound is one network, trained once and reused by the other).
+    # One run per family and architecture: a family's claims read its own runs. (A width and a
+    # compound control of one layout are two runs: their specs record other multipliers.)
     runs: dict[tuple[str, str], dict] = {}
     for m in sorted(set(madds)):
         reach = tuple(f for f, (lo, hi) in ranges.items() if lo <= m <= hi)
         for family, configs in matched_controls(cfg.space, reach, m, adapt=adapt).items():
             for c in configs:
                 key = arch_key(c.spec)
-                runs.setdefault((family, key), {"baseline_spec": c.spec.to_dict(), "family": family,
-                                      "multiplier": c.multiplier,
-                                      "baseline_label": f"{family} control {c.madds:,} MAdds "
-                                                        f"({key[:6]})"})
+                runs.setdefault((family, key), {
+                    "baseline_spec": c.spec.to_dict(), "family": family,
+                    "multiplier": c.multiplier,
+                    "baseline_label": f"{family} control {c.madds:,} MAdds ({key[:6]})"})
     return list(runs.values())
 
 
