@@ -23,10 +23,10 @@ from typing import Any
 from .cost import count_cost
 from .record import BASELINE_FAMILIES
 from .space import SearchSpace
-from .spec import ArchSpec
+from .spec import ArchSpec, arch_key
 
 __all__ = ["ALPHA", "BETA", "FAMILIES", "MATCH_TOLERANCE", "BaselinePoint", "baseline_grid",
-           "matched_controls", "search_range", "static_base"]
+           "control_runs", "matched_controls", "search_range", "static_base"]
 
 FAMILIES = BASELINE_FAMILIES  # the order of every table and figure
 ALPHA, BETA = 1.2, 1.29  # depth and width growth per unit of phi; 1.2 * 1.29**2 = 2.00
@@ -211,3 +211,23 @@ def matched_controls(space: SearchSpace, families: tuple[str, ...], madds: int,
         elif len(costed) == 2:
             out[family] = costed
     return out
+
+
+def control_runs(space: SearchSpace, madds: list[int], ranges: dict[str, tuple[float, float]],
+                 adapt=lambda s: s) -> list[dict]:
+    """The queued runs (record fields) of the matched-cost controls of points with `madds`:
+    for each family whose MAdds range (`ranges`, its stored baselines') reaches a point, one run
+    per family and architecture, however many points it serves."""
+    # A family's claims read its own runs. (A width and a compound control of one layout are
+    # two runs: their specs record other multipliers.)
+    runs: dict[tuple[str, str], dict] = {}
+    for m in sorted(set(madds)):
+        reach = tuple(f for f, (lo, hi) in ranges.items() if lo <= m <= hi)
+        for family, configs in matched_controls(space, reach, m, adapt=adapt).items():
+            for c in configs:
+                key = arch_key(c.spec)
+                runs.setdefault((family, key), {
+                    "baseline_spec": c.spec.to_dict(), "family": family,
+                    "multiplier": c.multiplier,
+                    "baseline_label": f"{family} control {c.madds:,} MAdds ({key[:6]})"})
+    return list(runs.values())

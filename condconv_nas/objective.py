@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import socket
@@ -22,7 +20,7 @@ from .cost import count_cost
 from .isolation import Isolation
 from .pareto import pareto_front
 from .record import HOLDOUT_FIELDS, RESULT_FIELDS, TrialRecord, pack_bits, write_record
-from .spec import ArchSpec
+from .spec import ArchSpec, arch_key
 
 if TYPE_CHECKING:
     import torch
@@ -32,13 +30,6 @@ if TYPE_CHECKING:
     from .recipe import Recipe
 
 __all__ = ["Objective", "arch_key", "feasible_done", "front_size", "should_prune", "sibling_run"]
-
-
-def arch_key(spec: ArchSpec) -> str:
-    """Identity of an architecture: the spec without its name."""
-    data = spec.to_dict()
-    data.pop("name")
-    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _versions() -> dict[str, str]:

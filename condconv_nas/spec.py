@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ __all__ = [
     "BlockSpec",
     "SpecError",
     "StageSpec",
+    "arch_key",
     "check_arch_header",
     "conv_out_size",
     "make_divisible",
@@ -373,3 +375,10 @@ def _stage_from_dict(data: Any, path: str) -> StageSpec:
     stage.validate(path)
     return stage
 
+
+
+def arch_key(spec: ArchSpec) -> str:
+    """Identity of an architecture: the spec without its name (16 hex digits of its SHA-1)."""
+    data = spec.to_dict()
+    data.pop("name")
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -341,33 +341,16 @@ def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> di
 def _controls(cfg: StudyConfig, data: Dataset, madds: list[int],
               ranges: dict[str, tuple[float, float]], print_fn: Callable[[str], None]
               ) -> list[dict]:
-    """The queued runs of every point's matched-cost controls (one per family and architecture).
-
-    A family controls the points its stored baselines' MAdds range (`ranges`) reaches; a study
-    stored before holdout splits existed gets none (nothing it trains can make a claim).
-    """
-    from .baselines import matched_controls
-    from .objective import arch_key
+    """The queued runs of every point's matched-cost controls (baselines.control_runs); a study
+    stored before holdout splits existed gets none (nothing it trains can make a claim)."""
+    from .baselines import control_runs
 
     if cfg.holdout is None:
         print_fn(f"note: study {cfg.name} was stored before holdout splits existed: its runs are "
                  "scored on the validation split that selected the front, so the report makes "
                  "no claim and no controls are trained; run the study under a new name for one")
         return []
-    adapt = _adapter(cfg.space, data)
-    # One run per family and architecture: a family's claims read its own runs. (A width and a
-    # compound control of one layout are two runs: their specs record other multipliers.)
-    runs: dict[tuple[str, str], dict] = {}
-    for m in sorted(set(madds)):
-        reach = tuple(f for f, (lo, hi) in ranges.items() if lo <= m <= hi)
-        for family, configs in matched_controls(cfg.space, reach, m, adapt=adapt).items():
-            for c in configs:
-                key = arch_key(c.spec)
-                runs.setdefault((family, key), {
-                    "baseline_spec": c.spec.to_dict(), "family": family,
-                    "multiplier": c.multiplier,
-                    "baseline_label": f"{family} control {c.madds:,} MAdds ({key[:6]})"})
-    return list(runs.values())
+    return control_runs(cfg.space, madds, ranges, _adapter(cfg.space, data))
 
 
 def calibration_archs(cfg: StudyConfig, adapt: Callable[[ArchSpec], ArchSpec], k: int

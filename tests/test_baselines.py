@@ -83,3 +83,29 @@ def test_unknown_family_is_named():
     space = load_space(ROOT / "search_spaces" / "tiny.yaml")
     with pytest.raises(ValueError, match="'height'"):
         baseline_grid(space, ("width", "height"))
+
+
+def test_controls_are_matched_within_two_percent_or_bracket_with_nothing_between():
+    from condconv_nas.baselines import matched_controls
+
+    space = load_space(ROOT / "search_spaces" / "fmnist_mbv2.yaml")
+    base = static_base(space.base)
+    # Every depth the family can take, by an independent scan of depth multipliers.
+    depths = sorted({count_cost(base.replace(depth_mult=0.01 * i)).madds for i in range(5, 801)})
+    for target in (3_000_000, 4_500_000, 6_000_000, 7_100_000):
+        controls = matched_controls(space, ("width", "depth", "compound"), target)
+        assert set(controls) == {"width", "depth", "compound"}
+        for family, configs in controls.items():
+            costs = [count_cost(c.spec).madds for c in configs]
+            assert costs == [c.madds for c in configs]
+            if len(configs) == 1:
+                assert abs(costs[0] - target) <= 0.02 * target, (family, target)
+            else:
+                lo, hi = costs
+                assert lo <= target < hi and all(abs(c - target) > 0.02 * target for c in costs)
+                if family == "depth":  # the nearest depths on both sides
+                    assert not [d for d in depths if lo < d < hi], (target, lo, hi)
+        # Width and compound: the control's own multiplier rebuilds it.
+        w = controls["width"][0]
+        if len(controls["width"]) == 1:
+            assert count_cost(base.replace(width_mult=w.multiplier)).madds == w.madds

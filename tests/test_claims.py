@@ -202,3 +202,9 @@ def test_simulated_true_gains_are_found():
     power = sim.run_regime(sim.Regime(sigma=1.0, seeds=3, front=4, gain=2.0, studies=400,
                                       shared=0.6))["power"]
     assert power >= 0.85, power
+
+
+def test_claims_read_controls_with_the_tolerance_confirm_solves_them_to():
+    from condconv_nas import baselines, claims
+
+    assert claims.MATCH_TOLERANCE == baselines.MATCH_TOLERANCE
