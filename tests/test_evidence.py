@@ -90,6 +90,11 @@ def test_confirm_retrains_the_front_with_fresh_seeds_and_the_report_claims_from_
     assert main(["report", str(path), "-o", str(tmp_path / "r.html"), "--json"]) == 0
     after = json.loads(capsys.readouterr().out)
     assert after["confirmed"] is True
+    # The page lists each point against its controls, as the JSON does.
+    page = (tmp_path / "r.html").read_text()
+    for claim in after["headline"].values():
+        for p in claim["points"]:
+            assert f"<td class=l>{p['point']}</td>" in page and "id=pairings" in page
     # The confirmed means in the data are the means of the confirmation runs, by hand.
     for point in after["front"]["search"]:
         accs = [by_source[(point["number"], s)].values[0] for s in (1, 2)]
