@@ -75,6 +75,13 @@ def _fmt(value: Any, kind: str = "") -> str:
     return html.escape(str(value))
 
 
+def _interval(ci: Any) -> str:
+    """'[lo, hi]' of a stored interval ('–' when absent or unknown)."""
+    if not ci or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in ci):
+        return "–"
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def _families(done: pd.DataFrame) -> str:
     """Descriptive table per family: trials, front, hypervolume, MAdds range, seed std, slope."""
     s = pareto.summary(done)
@@ -207,7 +214,8 @@ def headline_json(results: StudyResults, head: dict) -> dict[str, Any]:
             "latency": None if latency is None else {
                 **_view_json(latency), "same_conclusion": axes_agree(head, latency)[0]},
             "fidelity": {k: fid.get(k) for k in ("tau", "p_value", "n", "epochs", "verdict",
-                                                 "tau_madds", "tau_params", "tau_ci95")}
+                                                 "tau_madds", "tau_params", "tau_ci95",
+                                                 "tau_madds_ci95", "tau_gain_ci95")}
             if fid else None}
 
 
@@ -319,10 +327,12 @@ def render_html(results: StudyResults, figures: dict[str, go.Figure], head: dict
     if fid:
         fidelity = (f"<h2 id=fidelity>Proxy fidelity</h2><p>Kendall τ between proxy and "
                     f"{fid.get('epochs', '?')}-epoch accuracy over {fid.get('n', '?')} "
-                    f"architectures: <b>{fid.get('tau', float('nan')):.3f}</b> "
-                    f"(p = {fid.get('p_value', float('nan')):.3g}); on the same architectures "
-                    f"MAdds alone reach τ {_fmt(fid.get('tau_madds'))} and params alone "
-                    f"{_fmt(fid.get('tau_params'))}. "
+                    f"architectures: <b>{_fmt(fid.get('tau'), 'tau')}</b> "
+                    f"(95% bootstrap interval {_interval(fid.get('tau_ci95'))}; one-sided p = "
+                    f"{_fmt(fid.get('p_value'), 'p')}); on the same architectures MAdds alone "
+                    f"reach τ {_fmt(fid.get('tau_madds'), 'tau')} "
+                    f"({_interval(fid.get('tau_madds_ci95'))}) and params alone "
+                    f"{_fmt(fid.get('tau_params'), 'tau')}. "
                     f"{html.escape(str(fid.get('verdict', '')))}</p>")
     sections = {"pareto": "Accuracy against MAdds", "hypervolume": "Search progress",
                 "placement": "Where CondConv went", "importance": "What mattered",

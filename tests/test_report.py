@@ -264,3 +264,13 @@ def test_figure_pngs_captures_each_figure_at_its_size(tmp_path):
     gone = subprocess.run([sys.executable, str(script), str(tmp_path / "missing.yaml"), "x"],
                           capture_output=True, text=True, timeout=300)
     assert gone.returncode == 2 and gone.stderr.count("\n") == 1 and "missing.yaml" in gone.stderr
+
+
+def test_a_fidelity_record_with_unknown_tau_renders(tmp_path):
+    # A tau of too few or tied architectures is NaN, stored as null: shown as '–', not a crash.
+    res = results_of(fake_study(tmp_path))
+    res.fidelity = {"tau": None, "p_value": None, "n": 2, "epochs": 10, "verdict": "too few",
+                    "tau_madds": 0.5, "tau_ci95": [None, None], "tau_madds_ci95": [0.1, 0.9]}
+    page = render_html(res, build_figures(res))
+    assert "architectures: <b>–</b> (95% bootstrap interval –" in page
+    assert "reach τ 0.50 ([0.10, 0.90])" in page
