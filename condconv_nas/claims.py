@@ -80,13 +80,15 @@ class Pairing:
 
     @cached_property
     def d_gain(self) -> float:
-        """The difference a gain is read from: against the dearer control."""
-        return paired_difference(self.point, self.hi)
+        """The difference a gain is read from: against the dearer control, or the cheaper one
+        when it did better (a gain must beat both sides of a bracket)."""
+        return min(paired_difference(self.point, self.hi), paired_difference(self.point, self.lo))
 
     @cached_property
     def d_loss(self) -> float:
-        """The difference a loss is read from: against the cheaper control."""
-        return paired_difference(self.point, self.lo)
+        """The difference a loss is read from: against the cheaper control, or the dearer one
+        when it did worse (a loss must trail both)."""
+        return max(paired_difference(self.point, self.hi), paired_difference(self.point, self.lo))
 
 
 def pair(point: Arch, candidates: Sequence[Arch], tolerance: float = MATCH_TOLERANCE
@@ -135,6 +137,8 @@ class Claim:
     @property
     def method(self) -> str:
         """How the claim is tested, in words (also in `report --json`)."""
+        if not self.points:
+            return "no test: no front point in the family's range"
         kind = ("matched-cost controls" if self.matched == self.points else
                 "bracketing controls (gain against the dearer, loss against the cheaper)"
                 if self.matched == 0 else "matched and bracketing controls")
@@ -330,21 +334,28 @@ def _claims(finished: pd.DataFrame, confirmed: pd.DataFrame, fronts: dict[str, l
     """Every (front, family) claim of one axis, before Holm."""
     from .record import BASELINE_FAMILIES
 
-    points = _archs(confirmed[confirmed.confirm_of.notna()], "confirm_of")
     controls = confirmed[confirmed.confirm_of.isna() & confirmed.family.isin(BASELINE_FAMILIES)]
     holdout = confirmed.holdout_acc.notna().any()
     out = []
     for source, front in fronts.items():
+        # Trial numbers restart in each front's study: a point is its source's trial.
+        points = _archs(confirmed[(confirmed.family == source) & confirmed.confirm_of.notna()],
+                        "confirm_of")
         for family in BASELINE_FAMILIES:
             base = finished[finished.family == family]
             if base.empty:
                 continue
+            candidates = list(_archs(controls[controls.family == family], "arch_key").values())
             lo, hi = base.madds.min(), base.madds.max()
+            if axis != "madds" and candidates:
+                # Controls are solved on MAdds: on another axis only the points inside their
+                # span of that cost can be compared (a choice by cost alone, not by accuracy).
+                lo = max(lo, min(c.cost for c in candidates) * (1 - MATCH_TOLERANCE))
+                hi = min(hi, max(c.cost for c in candidates) * (1 + MATCH_TOLERANCE))
             reach = [p for p in front if lo <= p["madds"] <= hi]
             if not holdout:
                 out.append(Claim(source, family, axis, points=len(reach), reason=NO_HOLDOUT))
                 continue
-            candidates = list(_archs(controls[controls.family == family], "arch_key").values())
             pairings, missing = [], 0
             for p in reach:
                 arch = points.get(float(p["number"]))

@@ -118,7 +118,9 @@ class Objective:
         # from its last epoch. Kept until the run ends; a non-finite loss would recur: dropped.
         ckpt = checkpoint_path(cfg.artifacts, study=study.study_name, arch=key, seed=seed,
                                images=images, recipe=dataclasses.asdict(recipe),
-                               data=[cfg.dataset, cfg.val_size, cfg.train_limit, spec.input_size])
+                               data=[cfg.dataset, cfg.val_size, cfg.train_limit, spec.input_size]
+                               # the holdout takes training images (none: the old key)
+                               + ([] if cfg.holdout is None else [cfg.data_holdout]))
         # The same run in a sibling study (a calibration's reference run, a baseline point the
         # search samples): its result is copied, not trained again. The trial still counts as
         # its study's own (on fronts, as a pruning witness); it keeps no weights.

@@ -306,13 +306,14 @@ def run_confirm(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> di
     points, seen = [], set()
     for source in SEARCH_FAMILIES:
         sub = done[done.family == source]
+        # On the latency front `madds` holds milliseconds; the count stays in `madds_count`.
         for r in [*front(sub).itertuples(), *front(latency_axis(sub)).itertuples()]:
             if (source, int(r.number)) in seen:
                 continue
             seen.add((source, int(r.number)))
             points.append({"baseline_spec": json.loads(r.spec), "family": source,
                            "confirm_of": int(r.number), "baseline_label": f"{source} #{r.number}",
-                           "madds": int(r.madds)})
+                           "madds": int(getattr(r, "madds_count", r.madds))})
     if not points:
         raise StudyError(f"{cfg.path}: study {cfg.name} has no completed trials to confirm; run "
                          "`condconv-nas search` first")

@@ -208,3 +208,28 @@ def test_claims_read_controls_with_the_tolerance_confirm_solves_them_to():
     from condconv_nas import baselines, claims
 
     assert claims.MATCH_TOLERANCE == baselines.MATCH_TOLERANCE
+
+
+def test_a_bracket_whose_dearer_control_did_worse_claims_neither_way():
+    # The dearer control below the cheaper one (small data, a deeper net that trains worse): a
+    # gain must beat both, a loss trail both; the point lies between them, so neither is read.
+    pairings = [pair(arch(f"#{i}", 1.1e6 * (i + 1), [0.75 + 0.002 * i, 0.75]),
+                     [arch(f"lo{i}", 1e6 * (i + 1), [0.80, 0.80]),
+                      arch(f"hi{i}", 1.3e6 * (i + 1), [0.70, 0.70])]) for i in range(3)]
+    claim = apply_holm([family_claim("search", "depth", pairings)])[0]
+    lo, hi = claim.gain_ci95
+    assert lo <= hi and lo < 0 < hi and not claim.significant
+    gain = [min((0.75 + 0.002 * i + 0.75) / 2 - 0.70, (0.75 + 0.002 * i + 0.75) / 2 - 0.80)
+            for i in range(3)]  # by hand: against the better of the two
+    assert lo == pytest.approx(stats.ttest_1samp(gain, 0.0).confidence_interval(0.95)[0])
+
+
+def test_the_random_controls_trials_never_stand_in_for_the_searchs():
+    # Trial numbers restart in X.random: its #0-#2 must not be read as the search's #0-#2.
+    finished, confirmed = _frames()
+    alone = study_headline(finished, confirmed)["sources"]["search"]["width"]
+    rand_f = finished[finished.family == "search"].assign(family="random")
+    rand_c = confirmed[confirmed.family == "search"].assign(family="random", holdout_acc=0.95)
+    both = study_headline(pd.concat([finished, rand_f]), pd.concat([confirmed, rand_c]))
+    assert both["sources"]["search"]["width"].gain_mean == pytest.approx(alone.gain_mean)
+    assert both["sources"]["random"]["width"].gain_mean > 0.1  # the control's own points

@@ -242,6 +242,14 @@ def test_report_of_a_measured_study_has_the_latency_view(tmp_path, monkeypatch, 
     search = results.finished[results.finished.family == "search"]
     fronts = set(front(search).number) | set(front(latency_axis(search)).number)
     assert set(results.confirmed.confirm_of.dropna().astype(int)) == fronts  # both axes' fronts confirmed
+    # Every confirmed point inside the width grid's MAdds range, on either front, got its
+    # controls at its MAdds (a latency-front point's cost is ms on that axis, not its count).
+    grid = results.finished[results.finished.family == "width"].madds
+    costs = set(results.confirmed[results.confirmed.family == "width"].madds)
+    for m in search[search.number.isin(fronts)].madds:
+        if grid.min() <= m <= grid.max():
+            assert any(abs(c - m) <= 0.02 * m for c in costs) or (
+                any(c < m for c in costs) and any(c > m for c in costs)), m
     assert (latency_axis(results.confirmed).madds > 0).all()
     out = tmp_path / "r.html"
     assert main(["report", str(path), "-o", str(out)]) == 0
