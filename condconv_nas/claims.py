@@ -137,8 +137,8 @@ class Claim:
     @property
     def method(self) -> str:
         """How the claim is tested, in words (also in `report --json`)."""
-        if not self.points:
-            return "no test: no front point in the family's range"
+        if self.p_value is None:
+            return f"no test: {self.reason}" if self.reason else "no test"
         kind = ("matched-cost controls" if self.matched == self.points else
                 "bracketing controls (gain against the dearer, loss against the cheaper)"
                 if self.matched == 0 else "matched and bracketing controls")

@@ -173,6 +173,7 @@ def test_a_study_without_holdout_scores_makes_no_claim():
     claim = head["sources"]["search"]["width"]
     assert claim.reason == NO_HOLDOUT and not claim.significant and not head["holdout"]
     assert claim.verdict == f"no claim: {NO_HOLDOUT}"
+    assert claim.method == f"no test: {NO_HOLDOUT}" and claim.split is None
 
 
 def _null_sim():
