@@ -262,3 +262,23 @@ def test_report_of_a_measured_study_has_the_latency_view(tmp_path, monkeypatch, 
     assert main(["report", str(path), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert isinstance(record["latency"]["same_conclusion"], bool)
+
+
+def test_latency_claims_compare_only_points_inside_the_controls_latency_span():
+    # A slow front point (15 ms) inside the width grid's latency range but beyond every control's
+    # measured latency: controls are solved on MAdds, so no rerun of confirm could pair it; it is
+    # left out of the latency claim instead of blocking it.
+    finished, confirmed = _claim_frames()
+    slow = {"family": "search", "number": 103, "val_acc": 0.99, "holdout_acc": None,
+            "madds": 2e7, "multiplier": None, "seed": 0, "arch_key": "s3", "latency_ms": 15.0,
+            "confirm_of": None}
+    runs = [{"number": 0, "val_acc": 0.9, "seed": s, "family": "search", "holdout_acc": 0.9,
+             "madds": 2e7, "multiplier": None, "arch_key": "s3", "latency_ms": 15.0,
+             "confirm_of": 103} for s in (1, 2, 3)]
+    finished = pd.concat([finished, pd.DataFrame([slow])], ignore_index=True)
+    confirmed = pd.concat([confirmed, pd.DataFrame(runs)], ignore_index=True)
+    head = study_headline(finished, confirmed, (latency_axis(finished), latency_axis(confirmed)))
+    on_ms = head["latency"]["sources"]["search"]["width"]
+    assert any(p["number"] == 103 for p in head["latency"]["front"]["search"])
+    assert on_ms.reason == "" and on_ms.points == 3  # the three points the controls span
+    assert on_ms.gain_mean == pytest.approx(0.88 - 0.90, abs=1e-9) and on_ms.significant
