@@ -6,7 +6,6 @@ Torch- and Optuna-free: the study's dataset is loaded lazily by `load_study_data
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from .baselines import FAMILIES
 from .calibration import Calibration
 from .errors import UserError
 from .multifidelity import MultiFidelity
-from .recipe import EXECUTION_FIELDS, Recipe, RecipeError
+from .recipe import Recipe, RecipeError
 from .space import SearchSpace, load_space, parse_count, read_yaml
 
 if TYPE_CHECKING:
@@ -26,8 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["HEARTBEAT", "OBJECTIVES", "SAMPLERS", "BaselineSettings", "MeasureSettings",
            "PrunerConfig", "StudyConfig", "StudyError",
            "baseline_study_config", "calibrate_study_config", "confirm_study_config", "control_study_config",
-           "load_study_config", "load_study_data", "manifest", "preprocess_of", "result_settings",
-           "settings_differ", "with_overrides"]
+           "load_study_config", "load_study_data", "manifest", "preprocess_of", "with_overrides"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a trial is stale
@@ -427,47 +425,6 @@ def calibrate_study_config(cfg: StudyConfig) -> StudyConfig:
 def control_study_config(cfg: StudyConfig) -> StudyConfig:
     """The sibling study `X.random`: the same search with the random sampler, the control."""
     return dataclasses.replace(cfg, name=f"{cfg.name}.random", sampler="random")
-
-
-def result_settings(cfg: StudyConfig) -> dict[str, Any]:
-    """The settings that change a trained result, as stored with the study (JSON-safe).
-
-    Resuming, confirming or training baselines under other values would mix results trained
-    differently in one study; `storage`, `workers`, `trials`, `sampler` and `device` may change.
-    """
-    space = cfg.space
-    # A study stored before holdout splits existed has no holdout key: its layout stays as it was.
-    holdout = ({} if cfg.holdout is None else
-               {"holdout": {"split": cfg.holdout, "size": cfg.holdout_size}})
-    return json.loads(json.dumps({
-        **holdout, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "val_size": cfg.val_size,
-        "train_limit": cfg.train_limit, "recipe": dataclasses.asdict(cfg.recipe),
-        "seed": cfg.seed, "budget_madds": cfg.budget_madds,
-        "multifidelity": dataclasses.asdict(cfg.multifidelity) if cfg.multifidelity else None,
-        "objective": cfg.objective,
-        "measure": dataclasses.asdict(cfg.measure) if cfg.measure else None,
-        "space": {"base": space.base.to_dict(), "budget_madds": space.budget_madds,
-                  "stages": [dataclasses.asdict(c) for c in space.stages],
-                  "resolution": space.resolution}}))
-
-
-# Keys whose absence means something: a study without `holdout` trained on a layout without one.
-PRESENCE_KEYS = ("holdout",)
-
-
-def settings_differ(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Keys (recipe fields as recipe.X) whose stored value differs from now; absent ones agree
-    (but for PRESENCE_KEYS, where one side's absence is a difference)."""
-    out = [k for k in PRESENCE_KEYS if (k in stored) != (k in now)]
-    for key, value in stored.items():
-        if key not in now:
-            continue
-        if key == "recipe" and isinstance(value, dict):
-            out += [f"recipe.{k}" for k, v in value.items()
-                    if k in now[key] and now[key][k] != v and k not in EXECUTION_FIELDS]
-        elif now[key] != value:
-            out.append(key)
-    return out
 
 
 def manifest(cfg: StudyConfig) -> dict[str, Any]:

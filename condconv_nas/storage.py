@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import optuna
 from optuna.trial import TrialState
 
-from .config import HEARTBEAT, StudyConfig, settings_differ
+from .config import HEARTBEAT, StudyConfig
 from .errors import UserError
 from .optuna_internals import (
     heartbeat_enabled,
@@ -35,6 +35,7 @@ from .optuna_internals import (
     trial_id,
 )
 from .record import QUEUE_FIELDS, TrialRecord, record_attrs
+from .settings import settings_differ
 
 __all__ = ["HEARTBEAT", "SIBLING_SUFFIXES", "RetryStaleTrial", "StorageError", "adopt_stored_layout",
            "alive", "beating",

@@ -13,7 +13,7 @@ import os
 import socket
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
@@ -30,13 +30,12 @@ from .config import (
     load_study_config,
     load_study_data,
     manifest,
-    result_settings,
-    settings_differ,
     with_overrides,
 )
 from .cost import CONVENTION, count_cost
 from .interrupts import deferred_interrupt
 from .record import TrialRecord, record_attrs
+from .settings import check_settings, result_settings
 from .spec import ArchSpec
 from .storage import (
     StorageError,
@@ -74,7 +73,7 @@ def open_study(cfg: StudyConfig, kind: str, parent: str = "") -> optuna.Study:
     now = result_settings(cfg)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     for name in [n for n in (parent, cfg.name) if n and n in names]:
-        _check_settings(cfg, optuna.load_study(study_name=name, storage=storage), now)
+        check_settings(cfg, optuna.load_study(study_name=name, storage=storage), now)
     study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
                                 directions=["maximize", "minimize"])
     if "settings" not in study.user_attrs:
@@ -85,56 +84,6 @@ def open_study(cfg: StudyConfig, kind: str, parent: str = "") -> optuna.Study:
         study.set_user_attr("kind", kind)
         study.set_user_attr("config", manifest(cfg))
     return study
-
-
-def _check_settings(cfg: StudyConfig, study: optuna.Study, now: dict) -> None:
-    """Refuse a study stored under other result settings (legacy studies: their manifest)."""
-    attrs = study.user_attrs
-    stored = attrs.get("settings")
-    if stored is None:  # written before settings were stored: what the manifest recorded
-        legacy = attrs.get("config") or {}
-        stored = {k: legacy[k] for k in ("dataset", "val_size", "train_limit", "seed",
-                                         "budget_madds", "recipe") if k in legacy}
-    differ = settings_differ(stored, now)
-    if differ:
-        first = differ[0]
-        if first.startswith("recipe."):
-            where, old, new = first, stored["recipe"].get(first[7:]), now["recipe"].get(first[7:])
-        else:  # the innermost difference: a whole space is kilobytes on one line
-            where, old, new = _first_difference(first, stored.get(first, _ABSENT),
-                                                now.get(first, _ABSENT))
-        raise StudyError(f"{cfg.path}: study {study.study_name} was trained with other settings "
-                         f"({', '.join(differ)} differ; {where}: stored {_short(old)}, now "
-                         f"{_short(new)}); restore them, or give the study a new name to train "
-                         "under these")
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "(absent)"
-
-
-_ABSENT = _Absent()
-
-
-def _first_difference(where: str, old: Any, new: Any) -> tuple[str, Any, Any]:
-    """The path (a.b[2].c) of the first place two JSON-like values differ, and the two values."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
-            if key not in old or key not in new:
-                return f"{where}.{key}", old.get(key, _ABSENT), new.get(key, _ABSENT)
-            if old[key] != new[key]:
-                return _first_difference(f"{where}.{key}", old[key], new[key])
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
-            if a != b and isinstance(a, (dict, list)):  # a list of choices is shown whole
-                return _first_difference(f"{where}[{i}]", a, b)
-    return where, old, new
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dict:
@@ -187,7 +136,7 @@ def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
                  else "search")
         raise StudyError(f"{cfg.path}: study {name} is not in storage {cfg.storage}; start it "
                          f"with `condconv-nas {start}` first") from None
-    _check_settings(cfg, study, result_settings(sibling(cfg) if sibling else cfg))
+    check_settings(cfg, study, result_settings(sibling(cfg) if sibling else cfg))
     if sibling:
         trials = study.get_trials(deepcopy=False)
         cfg = dataclasses.replace(sibling(cfg), trials=budget_used(trials) + sum(

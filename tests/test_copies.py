@@ -16,8 +16,9 @@ from scipy import stats
 
 from condconv_nas.calibration import seed_agreement
 from condconv_nas.cli import main
-from condconv_nas.config import load_study_config, result_settings
+from condconv_nas.config import load_study_config
 from condconv_nas.results import calibration_of
+from condconv_nas.settings import result_settings
 from condconv_nas.storage import open_storage, same_training, study_root
 
 ROOT = Path(__file__).parent.parent

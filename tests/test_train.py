@@ -104,7 +104,7 @@ def test_a_compiler_failure_falls_back_to_eager_and_keeps_the_run(synthetic, mon
 
 
 def test_execution_fields_may_change_when_a_study_resumes():
-    from condconv_nas.config import settings_differ
+    from condconv_nas.settings import settings_differ
 
     stored = {"recipe": {"compile": False, "lr": 0.4}}
     assert settings_differ(stored, {"recipe": {"compile": None, "lr": 0.4}}) == []
