@@ -327,14 +327,7 @@ def _results(args: argparse.Namespace) -> tuple[StudyConfig, StudyResults]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a study's architecture: arch.json, weights, TorchScript, ONNX, model card."""
-    from .export import (
-        check_weights,
-        confirmed_summary,
-        export_trial,
-        parse_pick,
-        pick_trial,
-        retrain_trial,
-    )
+    from .export import check_weights, confirmed_summary, export_trial, parse_pick, pick_trial, retrain_trial
 
     if args.retrain is not None and args.retrain < 1:
         raise UsageError(f"--retrain: must be >= 1 epochs, got {args.retrain}")
@@ -393,7 +386,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a study (search, control, baselines) as HTML plus CSV."""
-    from .report import headline_json, page_headline, write_report
+    from .report import headline_json, headline_lines, page_headline, write_report
 
     cfg, results = _results(args)
     out = Path(args.output) if args.output else Path("reports") / f"{cfg.name}.html"
@@ -411,19 +404,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{f} {n}" for f, n in done.family.value_counts().items())
     print(f"report: {paths['html']} ({counts} finished trials)")
     print(f"csv: {paths['trials_csv']}, {paths['fronts_csv']}")
-    if not head["confirmed"]:
-        print(f"not confirmed: no claim is made; run `condconv-nas confirm {args.study}`")
-    elif not head["holdout"]:
-        print("not confirmed on a holdout split: no claim is made (a study stored before "
-              "holdout splits existed)")
-    for family, c in head["sources"].get("search", {}).items():
-        if c.reason:
-            print(f"search vs {family} ({c.split or 'holdout'}): {c.verdict}")
-            continue
-        lo, hi = c.gain_ci95
-        ci = f" [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else ""
-        print(f"search vs {family} ({c.split}): {100 * c.gain_mean:+.2f} pp{ci} at matched "
-              f"MAdds over {c.units} front points, {c.verdict} (Holm p {c.p_holm:.3g})")
+    for line in headline_lines(head, args.study):
+        print(line)
     return 0
 
 

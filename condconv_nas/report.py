@@ -24,7 +24,8 @@ from .figures import FAMILY_LABELS, PLOT_CONFIG, build_figures
 from .record import RANDOM, SEARCH, SEARCH_FAMILIES, copy_source
 from .results import StudyResults
 
-__all__ = ["ReportError", "axes_agree", "build_figures", "headline_json", "page_headline",
+__all__ = ["ReportError", "axes_agree", "build_figures", "headline_json", "headline_lines",
+           "page_headline",
            "render_html", "write_report"]
 
 
@@ -196,6 +197,26 @@ def _latency_section(head: dict, latency: dict | None, figures: dict[str, str]) 
             f"<h2 id=latency_madds>Measured latency against MAdds</h2>"
             f"{figures.get('latency_madds', '')}<p class=muted>Where a family's points leave the "
             "others' trend, its cost in MAdds and in milliseconds part ways.</p>")
+
+
+def headline_lines(head: dict, study_file: str) -> list[str]:
+    """The search's claims as the CLI prints them, one line per family (and why none, if so)."""
+    lines = []
+    if not head["confirmed"]:
+        lines.append(f"not confirmed: no claim is made; run `condconv-nas confirm {study_file}`")
+    elif not head["holdout"]:
+        lines.append("not confirmed on a holdout split: no claim is made (a study stored before "
+                     "holdout splits existed)")
+    for family, c in head["sources"].get(SEARCH, {}).items():
+        if c.reason:
+            lines.append(f"search vs {family} ({c.split or 'holdout'}): {c.verdict}")
+            continue
+        lo, hi = c.gain_ci95
+        ci = f" [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else ""
+        lines.append(f"search vs {family} ({c.split}): {100 * c.gain_mean:+.2f} pp{ci} at "
+                     f"matched MAdds over {c.units} front points, {c.verdict} (Holm p "
+                     f"{c.p_holm:.3g})")
+    return lines
 
 
 def _view_json(view: dict) -> dict:
