@@ -78,15 +78,18 @@ def search_range(space: SearchSpace, adapt=lambda s: s, budget: int | None = Non
             budget or space.budget_madds)
 
 
-def _bisect(make, target: int, low: float, high: float, steps: int = 40) -> float:
-    """The multiplier whose architecture's MAdds is nearest `target` (MAdds grows with it)."""
+def _bracket(make, below, low: float, high: float, steps: int = 40) -> tuple[float, float]:
+    """Bisect a multiplier interval: `below(madds)` holds at the low end, not at the high one
+    (MAdds grow with the multiplier)."""
     for _ in range(steps):
         mid = (low + high) / 2
-        if count_cost(make(mid)).madds < target:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
+        low, high = (mid, high) if below(count_cost(make(mid)).madds) else (low, mid)
+    return low, high
+
+
+def _bisect(make, target: int, low: float, high: float, steps: int = 40) -> float:
+    """The multiplier whose architecture's MAdds is nearest `target` (MAdds grows with it)."""
+    return sum(_bracket(make, lambda m: m < target, low, high, steps)) / 2
 
 
 def baseline_grid(space: SearchSpace, families: tuple[str, ...] = FAMILIES, points: int = 5,
@@ -167,13 +170,10 @@ def _configs(family: str, space: SearchSpace, base: ArchSpec, target: int
     if family in ("width", "compound"):
         make = _maker(family, base)
         low, high = (0.05, 8.0) if family == "width" else (-8.0, 6.0)
-        if count_cost(make(low)).madds > target or count_cost(make(high)).madds < target:
-            made = [(low, make(low)), (high, make(high))]
-        else:
-            for _ in range(40):  # MAdds rise in steps with the multiplier (channel rounding)
-                mid = (low + high) / 2
-                low, high = (mid, high) if count_cost(make(mid)).madds <= target else (low, mid)
-            made = [(low, make(low)), (high, make(high))]
+        if count_cost(make(low)).madds <= target <= count_cost(make(high)).madds:
+            # MAdds rise in steps with the multiplier (channel rounding): the step's two sides.
+            low, high = _bracket(make, lambda m: m <= target, low, high)
+        made = [(low, make(low)), (high, make(high))]
     elif family == "depth":
         make = _maker(family, base)
         made = [(m, make(m)) for m in (round(0.05 * i, 2) for i in range(1, 161))]

@@ -36,12 +36,13 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from .baselines import MATCH_TOLERANCE  # how near confirm solved a control: matched
+
 __all__ = ["ALPHA", "MIN_UNITS", "Arch", "Claim", "Pairing", "apply_holm", "family_claim", "holm",
            "isotonic", "pair", "study_headline"]
 
 ALPHA = 0.05  # family-wise error over all claims on a page
 MIN_UNITS = 3  # independent front points a family claim needs
-MATCH_TOLERANCE = 0.02  # as baselines.MATCH_TOLERANCE (a control that close is matched)
 NO_HOLDOUT = "not confirmed on a holdout split: no claim is made"
 
 
