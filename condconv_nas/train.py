@@ -140,24 +140,6 @@ def _autocast(device: torch.device, bf16: bool):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, data: Dataset, batch_size: int = 1024,
-             bf16: bool = False, channels_last: bool = False,
-             guard: Guard = contextlib.nullcontext) -> float:
-    """Top-1 accuracy on a split (no augmentation); each batch runs inside `guard()`."""
-    model.eval()
-    device = split.images.device
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for start in range(0, len(split), batch_size):
-        x = normalize(split.images[start : start + batch_size], data)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with guard(), _autocast(device, bf16):
-            logits = model(x)
-            correct += (logits.argmax(1) == split.labels[start : start + batch_size]).sum()
-    return correct.item() / max(1, len(split))
-
-
-@torch.no_grad()
 def correct_mask(model: nn.Module, split: Split, data: Dataset, batch_size: int = 1024,
                  bf16: bool = False, channels_last: bool = False,
                  guard: Guard = contextlib.nullcontext) -> torch.Tensor:
@@ -171,6 +153,14 @@ def correct_mask(model: nn.Module, split: Split, data: Dataset, batch_size: int 
         with guard(), _autocast(split.images.device, bf16):
             out.append(model(x).argmax(1) == split.labels[start : start + batch_size])
     return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.bool)
+
+
+def evaluate(model: nn.Module, split: Split, data: Dataset, batch_size: int = 1024,
+             bf16: bool = False, channels_last: bool = False,
+             guard: Guard = contextlib.nullcontext) -> float:
+    """Top-1 accuracy on a split (no augmentation); each batch runs inside `guard()`."""
+    right = correct_mask(model, split, data, batch_size, bf16, channels_last, guard)
+    return int(right.sum()) / max(1, len(split))
 
 
 def fit(model: nn.Module, data: Dataset, recipe: Recipe,
