@@ -146,16 +146,20 @@ def test_interrupted_study_resumes(tmp_path, storage_url):
         if done >= 2 and running and "spec" in running[0].user_attrs:
             break
         time.sleep(0.2)
+    else:  # say which wait ran out, so a slow machine is told from a broken resume
+        proc.kill()
+        pytest.fail(f"no third trial under way after 120 s ({done} complete, "
+                    f"{len(running)} running)")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in out, out
     before = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    assert len(before) >= 2
+    assert len(before) >= 2, [t.state for t in study.get_trials(deepcopy=False)]
     # Resume: the interrupted trial was queued again; finished ones are kept as they were.
     finish(workers(path, 1))
     trials = check_study(path)
     for t in before:
-        assert trials[t.number].values == t.values
+        assert trials[t.number].values == t.values, (t.number, trials[t.number].values, t.values)
 
 
 def test_silent_heartbeat_on_another_machine_is_failed_and_retried(tmp_path):
