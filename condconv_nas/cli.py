@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=SAMPLERS, help="default: the study file's (tpe)")
     p.add_argument("--control", action="store_true",
                    help="run the random-sampler control into the sibling study X.random")
+    p.add_argument("--no-reproducible", action="store_true",
+                   help="sample from whatever has finished (more throughput; a rerun or another "
+                   "worker count gives other trials); a new study records it, an old one keeps "
+                   "it from then on")
     p.set_defaults(func=cmd_search)
 
     p = _study_parser(sub, "worker", help="join a running study from this machine",

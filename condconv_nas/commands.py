@@ -190,7 +190,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     _positive(args, "trials", "workers", "workers_per_gpu")
     cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
                          workers_per_gpu=args.workers_per_gpu,
-                         storage=args.storage, sampler=args.sampler)
+                         storage=args.storage, sampler=args.sampler,
+                         reproducible=False if args.no_reproducible else None)
     if args.control:
         cfg = control_study_config(cfg)
     return _run_interruptible(lambda: run_search(cfg, print_fn=lambda s: print(s, flush=True)))

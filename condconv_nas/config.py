@@ -32,7 +32,7 @@ HEARTBEAT = (60, 180)  # seconds between beats, seconds of silence before a tria
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
          "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
          "artifacts", "heartbeat", "confirm", "multifidelity", "calibration", "measure",
-         "objectives", "workers_per_gpu", "holdout", "holdout_size"}
+         "objectives", "workers_per_gpu", "holdout", "holdout_size", "reproducible"}
 OBJECTIVES = ("madds", "latency")  # the cost axis searched against accuracy
 
 
@@ -101,6 +101,9 @@ class StudyConfig:
     # None for a study stored before holdout splits existed (its layout has none).
     holdout: str | None = "carve"
     holdout_size: int | None = None
+    # Trial n decided by the seed, n and the results of trials 0..n-workers (reproducible.py);
+    # False samples from whatever has finished (more throughput, no rerun gives the same trials).
+    reproducible: bool = True
     path: str = ""
 
     @property
@@ -247,6 +250,9 @@ def load_study_config(path: str | Path) -> StudyConfig:
     if holdout == "test" and holdout_size is not None:
         raise StudyError(f"{src}: holdout_size: the test split is used whole with holdout: test; "
                          "remove one of the two keys")
+    reproducible = data.get("reproducible", True)
+    if not isinstance(reproducible, bool):
+        raise StudyError(f"{src}: reproducible: must be true or false, got {reproducible!r}")
     dataset = data["dataset"]
     if dataset.startswith("npz:"):
         dataset = "npz:" + str(_relative(path, dataset[4:]))
@@ -265,7 +271,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         pruner=pruner, baselines=baselines, artifacts=artifacts, heartbeat=heartbeat,
         confirm_seeds=confirm_seeds, multifidelity=multifidelity, calibration=calibration,
         measure=measure, objective=objective, holdout=holdout, holdout_size=holdout_size,
-        path=src)
+        reproducible=reproducible, path=src)
 
 
 def _measure(src: str, data: Any) -> MeasureSettings | None:

@@ -61,13 +61,25 @@ class Objective:
         self.versions = _versions()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.isolation = Isolation() if cfg.measure else None
+        from . import pathtune
+
+        # Paths differ in float rounding: a study trains with the choices it stored, whoever
+        # timed them (its sibling studies share them through the artifacts folder).
+        if cfg.artifacts:
+            pathtune.use_study_file(Path(cfg.artifacts) / "paths.json")
         if cfg.measure and cfg.measure.device == "cuda":
             from .train import resolve_device
 
             resolve_device("cuda")  # no GPU: one error now, not a failed measurement per trial
 
-    def __call__(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, float]:
-        """Train the trial's architecture; returns (validation accuracy, MAdds or latency ms)."""
+    def __call__(self, study: optuna.Study, trial: optuna.Trial,
+                 seen: optuna.Study | None = None) -> tuple[float, float]:
+        """Train the trial's architecture; returns (validation accuracy, MAdds or latency ms).
+
+        `seen` (a reproducible search) holds the finished trials that the duplicate check, the
+        pruner and the choice to keep weights may read; else they read the study as it stands.
+        """
+        seen = study if seen is None else seen
         import torch
 
         from .checkpoint import checkpoint_path, remove_checkpoint
@@ -106,7 +118,7 @@ class Objective:
         holdout = self.baseline and data.holdout is not None and len(data.holdout) > 0
         # The same architecture, seed and budget (as recorded: set only when not the recipe's).
         budget = (epochs if mf else queued.epochs, images)
-        for done in feasible_done(study, queued.rung):
+        for done in feasible_done(seen, queued.rung):
             record = TrialRecord.of(done.user_attrs)
             if (record.arch_key, record.seed, (record.epochs, record.train_images)) == (key, seed, budget):
                 reused = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs}
@@ -143,7 +155,7 @@ class Objective:
 
         def on_epoch(epoch: int, val_acc: float) -> str | None:
             curve.append({"epoch": epoch, "val_acc": val_acc})
-            if cfg.pruner and should_prune(study, cost.madds, epoch, val_acc, cfg.pruner):
+            if cfg.pruner and should_prune(seen, cost.madds, epoch, val_acc, cfg.pruner):
                 return "stop"
             return None
 
@@ -170,7 +182,7 @@ class Objective:
             latency = self._measure(trial, model, spec)
             value = latency if cfg.objective == "latency" else value
         top = mf.top if mf else None
-        if not self.baseline and queued.rung == (top or 0) and _on_front(study, result.val_acc,
+        if not self.baseline and queued.rung == (top or 0) and _on_front(seen, result.val_acc,
                                                                        value, top):
             self._keep_weights(trial, model)
         return result.val_acc, value

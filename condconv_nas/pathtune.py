@@ -13,6 +13,7 @@ keeps its choice, any other takes the rule.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 __all__ = ["cache_file", "candidates", "choices", "clear", "default_cache_file", "enabled", "reset",
-           "set_cache_file", "set_tuning", "shape_key", "time_paths", "tuned_path"]
+           "set_cache_file", "set_tuning", "shape_key", "time_paths", "tuned_path", "use_study_file"]
 
 ENV_TUNING = "CONDCONV_NAS_PATH_TUNING"
 ENV_CACHE = "CONDCONV_NAS_PATH_CACHE"
@@ -36,6 +37,7 @@ _cache_path: Path | None | bool = False  # False: read the environment
 _choices: dict[str, str] = {}
 _loaded: set[Path] = set()
 _generation = 0  # bumped when remembered choices may no longer hold: layers' memos go stale
+_mirror: Path | None = None  # the machine's cache, kept up to date while a study's file is used
 
 
 def enabled() -> bool:
@@ -91,8 +93,8 @@ def clear() -> None:
 
 def reset() -> None:
     """Back to the environment's settings, with nothing remembered."""
-    global _enabled, _cache_path
-    _enabled, _cache_path = None, False
+    global _enabled, _cache_path, _mirror
+    _enabled, _cache_path, _mirror = None, False, None
     clear()
 
 
@@ -186,32 +188,57 @@ def _load(path: Path) -> None:
     if path in _loaded:
         return
     _loaded.add(path)
+    for k, v in _read(path).items():  # no file yet, or one cut short: timing again costs little
+        _choices.setdefault(k, v)
+
+
+def _read(path: Path) -> dict[str, str]:
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
-        return  # no file yet, or one cut short: timing again costs little
-    if isinstance(stored, dict):
-        for k, v in stored.items():
-            if isinstance(k, str) and isinstance(v, str):
-                _choices.setdefault(k, v)
+        return {}
+    return {k: v for k, v in stored.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(stored, dict) else {}
 
 
-def _save(path: Path, key: str, choice: str) -> None:
-    """Merge one choice into the file atomically, so concurrent workers never leave it torn."""
+def _save(path: Path, key: str, choice: str) -> str:
+    """Merge one choice into the file atomically; the first choice stored for a key wins.
+
+    Returns the choice to use: another worker that timed the same shape first decided it, so
+    that every worker of a study computes a shape alike (paths differ in float rounding).
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            stored = json.loads(path.read_text())
-            stored = stored if isinstance(stored, dict) else {}
-        except (OSError, ValueError):
-            stored = {}
-        stored[key] = choice
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(stored, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
+        with open(f"{path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = _read(path)
+            if key in stored:
+                return stored[key]
+            stored[key] = choice
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(stored, f, indent=0, sort_keys=True)
+            os.replace(tmp, path)
     except OSError:
         pass  # a read-only or full disk costs a re-measurement next time, never the run
+    return choice
+
+
+def use_study_file(path: str | Path) -> None:
+    """Keep this process's choices in a study's own file, begun from the machine's cache.
+
+    A study's accuracies then do not depend on which worker or machine timed a shape first,
+    nor on later tuning elsewhere: every worker, resumed run and rerun reads what it stored.
+    """
+    global _mirror
+    study_file = Path(path).expanduser()
+    machine = cache_file()
+    if not study_file.exists() and machine is not None and machine != study_file:
+        for key, choice in _read(machine).items():
+            _save(study_file, key, choice)
+    _mirror = machine if machine != study_file else None
+    clear()  # choices read from another file must not stand in for the study's
+    set_cache_file(study_file)
 
 
 def tuned_path(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: str) -> str:
@@ -251,7 +278,9 @@ def _choose(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None) -> str | 
         return None
     times = time_paths(layer, x, r, paths)
     choice = min(paths, key=times.__getitem__)
-    _choices[key] = choice
     if file is not None:
-        _save(file, key, choice)
+        choice = _save(file, key, choice)
+        if _mirror is not None:  # later studies on this machine begin from it
+            _save(_mirror, key, choice)
+    _choices[key] = choice
     return choice

@@ -68,6 +68,10 @@ class TrialRecord:
     stale: bool = False                      # a dead or interrupted attempt: not counted
     retry_of: int | None = None              # the failed attempt this trial runs again
     retry_reason: str = ""
+    # A reproducible search's order: the trial's slot (its position in the search, kept by its
+    # retries) and the seconds its worker waited for the earlier results its sampler reads.
+    slot: int | None = None
+    waited_s: float | None = None
     # What a queued trial is to run (carried over when it is queued again): a baseline point,
     # or a confirmation of a front trial (family "search" or "random", `confirm_of` its number).
     baseline_spec: dict[str, Any] | None = None
@@ -96,7 +100,7 @@ class TrialRecord:
 _FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
 # A queued trial's instructions, carried over when a dead attempt is queued again.
 QUEUE_FIELDS = ("baseline_spec", "family", "multiplier", "seed", "baseline_label", "confirm_of",
-                "rung", "promoted_from", "epochs", "train_images")
+                "rung", "promoted_from", "epochs", "train_images", "slot")
 # Training results, copied from an identical earlier trial when its result is reused.
 RESULT_FIELDS = ("curve", "seconds", "cpu_seconds", "images_per_s", "epochs_run", "compile_seconds",
                  "compile_note", "latency_ms", "latency_ms_p90", "latency_isolated", "latency_device",

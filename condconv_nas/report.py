@@ -231,7 +231,7 @@ def headline_json(results: StudyResults, head: dict) -> dict[str, Any]:
     fid = results.fidelity or {}
     latency = head.get("latency")
     return {"confirmed": head["confirmed"], "holdout": head["holdout"], **_view_json(head),
-            "front": head["front"],
+            "front": head["front"], "search_order": results.manifest.get("search_order"),
             "latency": None if latency is None else {
                 **_view_json(latency), "same_conclusion": axes_agree(head, latency)[0]},
             "fidelity": {k: fid.get(k) for k in ("tau", "p_value", "n", "epochs", "verdict",

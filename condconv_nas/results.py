@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from .calibration import Calibration, summarise
 from .errors import UserError
 from .record import SEARCH_FAMILIES, TrialRecord
+from .reproducible import stored_order
 from .spec import ArchSpec, SpecError
 from .storage import stale_numbers
 
@@ -209,6 +210,8 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
             manifest = dict(study.user_attrs.get("config") or {})
             manifest["madds_convention"] = study.user_attrs.get("madds_convention", "")
             manifest["preprocess"] = study.user_attrs.get("preprocess")
+            order = stored_order(study)  # whether a rerun of the file gives these trials
+            manifest["search_order"] = None if order is None else order.describe()
             top_rung = len((manifest.get("multifidelity") or {}).get("rungs") or [0]) - 1
             importances = _importances(study, top_rung)
             fidelity = study.user_attrs.get("fidelity")

@@ -35,6 +35,7 @@ from .config import (
 from .cost import CONVENTION, count_cost
 from .interrupts import deferred_interrupt
 from .record import TrialRecord, record_attrs
+from .reproducible import settle_order, stored_order
 from .settings import check_settings, result_settings
 from .spec import ArchSpec
 from .storage import (
@@ -99,6 +100,7 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
     stale = reap_stale(study)
     if stale:
         print_fn(f"{stale} trial(s) left running by a stopped run: marked failed, queued again")
+    order = settle_order(study, cfg.reproducible, cfg.workers, cfg.storage, print_fn)
     trials = study.get_trials(deepcopy=False)
     done = budget_used(trials)
     if done >= cfg.trials and not pending_promotion(trials, cfg.multifidelity):
@@ -111,9 +113,10 @@ def run_search(cfg: StudyConfig, print_fn: Callable[[str], None] = print) -> dic
     print_fn(f"study {cfg.name}: {done} of {cfg.trials} trials done; storage {cfg.storage}; "
              f"{cfg.workers} worker(s); sampler {cfg.sampler}; budget {cfg.budget_madds:,} MAdds"
              + rungs)
-    print_fn(span)
-    # A fresh study is reproducible (salt 0); a resumed one must not replay the first run's samples.
-    return {"ran": run_workers(cfg, print_fn, baseline=False, salt=1009 * len(trials), data=data)}
+    print_fn(f"{span}; {order.describe()}")
+    # Unordered, a resumed run must not replay the first run's samples: salt by what is stored.
+    salt = 0 if order.reproducible else 1009 * len(trials)
+    return {"ran": run_workers(cfg, print_fn, baseline=False, salt=salt, data=data)}
 
 
 def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
@@ -142,8 +145,9 @@ def join_study(cfg: StudyConfig, print_fn: Callable[[str], None] = print,
         cfg = dataclasses.replace(sibling(cfg), trials=budget_used(trials) + sum(
             t.state == TrialState.WAITING for t in trials))
     done = budget_used(study.get_trials(deepcopy=False))
+    order = "" if queued or (o := stored_order(study)) is None else f"; {o.describe()}"
     print_fn(f"joining study {name}: {done} of {cfg.trials} trials claimed; storage "
-             f"{cfg.storage}; {cfg.workers} worker(s)")
+             f"{cfg.storage}; {cfg.workers} worker(s){order}")
     # Machines joining at once must not replay one another's samples: salt with host and pid.
     salt = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) + 1009 * done
     return {"ran": run_workers(cfg, print_fn, baseline=queued, salt=salt)}

@@ -22,6 +22,14 @@ from .multifidelity import MultiFidelity, to_promote
 from .objective import Objective, front_size
 from .optuna_internals import frozen, record_heartbeat, set_trial_attrs, set_trial_state
 from .record import TrialRecord, copy_source, record_attrs, write_record
+from .reproducible import (
+    ReproducibleSampler,
+    SearchOrder,
+    StudyView,
+    next_slot,
+    slot_trials,
+    stored_order,
+)
 from .samplers import make_sampler
 from .storage import (
     beating,
@@ -42,42 +50,99 @@ __all__ = ["cpu_share", "pending_promotion", "resolve_workers", "run_worker",
            "run_workers", "worker_envs"]
 
 
-def _claim(study: optuna.Study, cfg: StudyConfig, worker: str,
-           queued_only: bool = False, poll: float = 2.0) -> optuna.Trial | None:
-    """The next trial to run, or None when the study's budget is used.
+Claim = tuple[optuna.Trial, "StudyView | None"]
+WAIT = "wait"  # a reproducible slot whose earlier results are not all stored yet
+SLOT_POLL = 0.2  # seconds between looks while a slot waits for an earlier result
+
+
+def _claim(study: optuna.Study, cfg: StudyConfig, worker: str, queued_only: bool = False,
+           poll: float = 2.0, order: SearchOrder | None = None) -> Claim | None:
+    """The next trial to run and, in a reproducible search, the finished trials its decisions
+    may read (else None); None when the study's budget is used.
 
     While the budget is reached only because other workers' trials are running, wait: if one of
     them dies its trial is queued again and this worker runs it.
     """
+    ordered = order is not None and order.reproducible and not queued_only
+    t0 = time.perf_counter()
     while True:
-        trial = None
+        trial, wait = None, poll
         try:
             check_interrupt()  # a Ctrl-C swallowed during the last trial stops here
             with deferred_interrupt(), claim_lock(cfg.storage):
                 reap_stale(study)
                 trials = study.get_trials(deepcopy=False)
-                waiting = [t for t in trials if t.state == TrialState.WAITING]
-                if cfg.multifidelity and not queued_only and not waiting:
-                    # ASHA: a free worker first promotes what ranks in the top 1/eta of a rung.
-                    waiting = _promote(study, trials, cfg.multifidelity)
-                promotion = any(TrialRecord.of(t.user_attrs).rung > 0 for t in waiting)
-                if promotion or (budget_used(trials) < cfg.trials
-                                 and (waiting or not queued_only)):
-                    trial = study.ask()
-                    write_record(trial, worker=worker)  # lets others tell if its owner died
-                    record_heartbeat(study, trial)
-                    if _over_budget(study, trial, cfg.trials):
-                        continue  # another machine claimed the last trial first
-                    return trial
-                if not watchable_running(study):
-                    return None  # done (baselines run what was queued, never a sampled trial)
+                if ordered:
+                    assert order is not None
+                    got = _claim_slot(study, cfg, trials, order.lag)
+                    if isinstance(got, tuple):
+                        slot, seen = got
+                        study.sampler.bind(study, slot, seen)  # type: ignore[attr-defined]
+                        trial = study.ask()
+                        write_record(trial, worker=worker, slot=slot,
+                                     waited_s=round(time.perf_counter() - t0, 3))
+                        record_heartbeat(study, trial)
+                        return trial, StudyView(study, seen)
+                    if got is None and not watchable_running(study):
+                        return None
+                    wait = SLOT_POLL if got == WAIT else poll
+                else:
+                    waiting = [t for t in trials if t.state == TrialState.WAITING]
+                    if cfg.multifidelity and not queued_only and not waiting:
+                        # ASHA: a free worker first promotes what ranks in the top 1/eta of a rung.
+                        waiting = _promote(study, trials, cfg.multifidelity)
+                    promotion = any(TrialRecord.of(t.user_attrs).rung > 0 for t in waiting)
+                    if promotion or (budget_used(trials) < cfg.trials
+                                     and (waiting or not queued_only)):
+                        trial = study.ask()
+                        write_record(trial, worker=worker)  # lets others tell if its owner died
+                        record_heartbeat(study, trial)
+                        if _over_budget(study, trial, cfg.trials):
+                            continue  # another machine claimed the last trial first
+                        return trial, None
+                    if not watchable_running(study):
+                        return None  # done (baselines run what was queued, never a sampled trial)
         except KeyboardInterrupt:  # Ctrl-C held until the claim finished: give the trial back
             if trial is not None:
                 with deferred_interrupt():
                     fail_and_requeue(study, frozen(study, trial),
                                      "interrupted (Ctrl-C) as it was claimed; queued again")
             raise
-        time.sleep(poll)
+        time.sleep(wait)
+
+
+def _claim_slot(study: optuna.Study, cfg: StudyConfig, trials: list[optuna.trial.FrozenTrial],
+                lag: int) -> tuple[int, list[optuna.trial.FrozenTrial]] | str | None:
+    """A reproducible search's next (slot, the finished trials it reads), WAIT, or None (done).
+
+    A queued retry keeps its slot. A new slot n reads slots 0..n-lag; in a multi-fidelity search
+    it is a promotion when those rank one, and once the budget of samples is used a promotion is
+    decided from every earlier slot, so that no decision depends on which trial finished first.
+    """
+    waiting = sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number)
+    if waiting:  # Study.ask takes the lowest-numbered queued trial
+        queued = TrialRecord.of(waiting[0].user_attrs).slot
+        slot = next_slot(trials) if queued is None else queued
+        seen = slot_trials(trials, slot - lag)
+        return WAIT if seen is None else (slot, seen)
+    slot, mf = next_slot(trials), cfg.multifidelity
+    spent = budget_used(trials) >= cfg.trials
+    if spent and mf is None:
+        return None
+    seen = slot_trials(trials, slot - (1 if spent else lag))
+    if seen is None:
+        return WAIT
+    if mf is not None:
+        pick = to_promote(_promotions(seen)[0], _promotions(trials)[1], mf)
+        if pick is not None:
+            number, rung = pick
+            source = next(t for t in trials if t.number == number)
+            study.enqueue_trial(source.params, skip_if_exists=False, user_attrs=record_attrs(
+                rung=rung + 1, promoted_from=number, slot=slot))
+            return slot, seen
+        if spent:
+            return None
+    return slot, seen
 
 
 def _promotions(trials: list[optuna.trial.FrozenTrial]
@@ -160,17 +225,22 @@ def run_worker(cfg: StudyConfig, index: int = 0, print_fn: Callable[[str], None]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = resolve_device(cfg.device)
     storage = open_storage(cfg.storage, heartbeat=cfg.heartbeat)
-    # seed + worker index; `salt` (from the caller) moves resumed and joining runs to new sequences.
-    study = optuna.load_study(study_name=cfg.name, storage=storage,
-                              sampler=make_sampler(cfg.sampler, (cfg.seed + index + salt) % 2**32,
-                                                   cfg.trials))
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    order = None if baseline else stored_order(study)
+    if order is not None and order.reproducible:  # each slot's sampler from (seed, slot)
+        study.sampler = ReproducibleSampler(
+            lambda seed: make_sampler(cfg.sampler, seed, cfg.trials), cfg.seed)
+    else:  # seed + worker index; `salt` moves resumed and joining runs to new sequences
+        study.sampler = make_sampler(cfg.sampler, (cfg.seed + index + salt) % 2**32, cfg.trials)
     if data is None or data.train.images.device != device:
         data = load_study_data(cfg, device)
     if "preprocess" not in study.user_attrs:  # what an exported model expects of its input
         study.set_user_attr("preprocess", preprocess_of(data))
     objective = Objective(cfg, data, device, baseline=baseline)
     finished = 0
-    while (trial := _claim(study, cfg, objective.worker, queued_only=baseline)) is not None:
+    while (claim := _claim(study, cfg, objective.worker, queued_only=baseline,
+                           order=order)) is not None:
+        trial, seen = claim
         if baseline and TrialRecord.of(trial.user_attrs).baseline_spec is None:
             # Another machine took the last queued point between our look and our ask.
             with deferred_interrupt():
@@ -181,7 +251,7 @@ def run_worker(cfg: StudyConfig, index: int = 0, print_fn: Callable[[str], None]
         state, values, note = TrialState.COMPLETE, None, ""
         try:
             with beating(study, trial):
-                values = objective(study, trial)
+                values = objective(study, trial, seen)
         except optuna.TrialPruned as err:
             state, note = TrialState.PRUNED, str(err)
         except KeyboardInterrupt:

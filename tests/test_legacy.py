@@ -69,12 +69,16 @@ def test_legacy_study_reports(legacy, tmp_path, capsys):
     assert "condconv-nas report: legacy" in page and page.count("Plotly.newPlot") >= 3
     capsys.readouterr()
     assert main(["report", str(legacy), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)
+    head = json.loads(capsys.readouterr().out)
+    assert head["search_order"].startswith("not run reproducibly")
 
 
 def test_legacy_study_resumes_without_touching_stored_trials(legacy, capsys):
     before = _trials(legacy, "legacy")
     assert main(["search", str(legacy), "--trials", "5"]) == 0
+    assert "not run reproducibly" in capsys.readouterr().out  # and its order is not rewritten
+    assert "search_order" not in optuna.load_study(
+        study_name="legacy", storage=open_storage(str(legacy.parent / "legacy.journal"))).user_attrs
     after = _trials(legacy, "legacy")
     assert len(after) == 5 and after[4].state == optuna.trial.TrialState.COMPLETE
     for old, new in zip(before, after):

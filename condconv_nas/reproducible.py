@@ -1,0 +1,184 @@
+"""A reproducible parallel search: trial n is decided by (seed, n) and the results of trials 0..n-lag.
+
+Optuna's samplers read whatever trials have finished when they sample, so with several workers
+the trials depend on which finished first (Optuna issue #6062). Here every sampled trial takes a
+*slot*, its position in the search, under the claim lock. The sampler of slot n is built afresh
+from a seed drawn from (study seed, n) and sees only the finished trials of slots 0..n-lag
+(lag = the study's worker count, stored with the study), renumbered by slot; the claim waits
+until those are stored. The pruner, duplicate reuse and multi-fidelity promotions read the same
+trials, so no decision depends on timing. A retry carries its slot and so sees what it saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from .errors import UserError
+from .record import TrialRecord
+
+__all__ = ["ORDER_ATTR", "ReproducibleSampler", "SearchOrder", "StudyView", "next_slot",
+           "settle_order", "slot_seed", "slot_trials", "stored_order"]
+
+ORDER_ATTR = "search_order"  # the study attribute that records how its trials were ordered
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class SearchOrder:
+    """How a search study decides its trials: reproducibly (with its lag) or as they finish."""
+
+    def __init__(self, reproducible: bool, lag: int = 1, legacy: bool = False) -> None:
+        self.reproducible, self.lag, self.legacy = reproducible, max(1, lag), legacy
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the study stores (its attribute `search_order`)."""
+        return {"reproducible": self.reproducible, "lag": self.lag}
+
+    def describe(self) -> str:
+        """One phrase for progress lines and reports."""
+        if self.legacy:
+            return "not run reproducibly (stored before reproducible searches existed)"
+        if not self.reproducible:
+            return "not reproducible (reproducible: false: trials sampled as results arrive)"
+        return f"reproducible (trial n from seed, n and trials 0..n-{self.lag})"
+
+
+def stored_order(study: optuna.Study) -> SearchOrder | None:
+    """The order a study was run under; None for a study with nothing stored yet."""
+    stored = study.user_attrs.get(ORDER_ATTR)
+    if stored is not None:
+        return SearchOrder(bool(stored.get("reproducible")), int(stored.get("lag", 1)))
+    if study.get_trials(deepcopy=False):
+        return SearchOrder(False, legacy=True)  # trials from before slots existed
+    return None
+
+
+def settle_order(study: optuna.Study, reproducible: bool, workers: int, storage: str,
+                 print_fn: Callable[[str], None] = print) -> SearchOrder:
+    """The order this run follows, stored with a new study: a study keeps the order it began
+    with, but for an opt-out (`reproducible: false`), which holds from then on."""
+    stored = stored_order(study)
+    if stored is None or (stored.reproducible and not reproducible):
+        if stored is not None:
+            print_fn(f"study {study.study_name}: reproducible: false from here on; the trials "
+                     "already stored stay as they were")
+        stored = SearchOrder(reproducible, lag=workers)
+        study.set_user_attr(ORDER_ATTR, stored.to_dict())
+    elif reproducible and not stored.reproducible:
+        print_fn(f"study {study.study_name}: {stored.describe()}; it goes on as it began")
+    if stored.reproducible and "://" in storage and not storage.startswith(
+            ("sqlite:///", "postgresql")):
+        raise UserError(f"study {study.study_name}: a reproducible search needs a storage whose "
+                        f"claims hold a lock (a journal file, SQLite or PostgreSQL), not "
+                        f"{storage.split(':', 1)[0]}; set reproducible: false in the study file")
+    return stored
+
+
+def slot_seed(seed: int, slot: int) -> int:
+    """The sampler seed of slot `slot`: independent streams from (study seed, slot)."""
+    return int(np.random.SeedSequence([seed % 2**32, slot]).generate_state(1)[0])
+
+
+def next_slot(trials: Sequence[FrozenTrial]) -> int:
+    """The slot the next sampled trial takes: one past the highest taken (retries keep theirs)."""
+    taken = [r.slot for t in trials if (r := TrialRecord.of(t.user_attrs)).slot is not None]
+    return max(taken, default=-1) + 1
+
+
+def slot_trials(trials: Sequence[FrozenTrial], upto: int) -> list[FrozenTrial] | None:
+    """The final attempt of every slot 0..upto in slot order, or None while one is unfinished.
+
+    A slot's final attempt is its trial that is not stale (a dead or interrupted attempt is; its
+    retry carries the slot). A slot whose attempts are all stale is queued again: unfinished.
+    """
+    if upto < 0:
+        return []
+    by_slot: dict[int, FrozenTrial] = {}
+    for t in trials:
+        r = TrialRecord.of(t.user_attrs)
+        if r.slot is not None and r.slot <= upto and not r.stale:
+            by_slot[r.slot] = t
+    if len(by_slot) <= upto or any(by_slot[s].state not in FINISHED for s in range(upto + 1)):
+        return None
+    return [by_slot[s] for s in range(upto + 1)]
+
+
+class StudyView(optuna.Study):
+    """The study as it stood for one slot: its trials are a fixed list (the finished earlier slots).
+
+    Everything else (storage, directions, attributes) is the real study's. With `renumber` the
+    trials are copies numbered 0..k-1 by slot, as samplers that index trials by number expect.
+    """
+
+    def __init__(self, study: optuna.Study, trials: Sequence[FrozenTrial],
+                 renumber: bool = False) -> None:  # noqa: D107 (no Study.__init__: no storage calls)
+        self.__dict__.update(study.__dict__)
+        if renumber:
+            copies = []
+            for i, t in enumerate(trials):
+                c = FrozenTrial.__new__(FrozenTrial)
+                c.__dict__.update(t.__dict__)
+                c.number = i
+                copies.append(c)
+            trials = copies
+        self._view = list(trials)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        import copy
+
+        out = [t for t in self._view if states is None or t.state in states]
+        return copy.deepcopy(out) if deepcopy else out
+
+
+class ReproducibleSampler(optuna.samplers.BaseSampler):
+    """A fresh inner sampler per slot, seeded by (seed, slot), that sees only the slot's view."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner: optuna.samplers.BaseSampler | None = None
+        self._view: StudyView | None = None
+
+    def bind(self, study: optuna.Study, slot: int, seen: Sequence[FrozenTrial]) -> None:
+        """Sample the next asked trial as slot `slot`, from the finished trials `seen`."""
+        self._inner = self._make(slot_seed(self._seed, slot))
+        self._view = StudyView(study, seen, renumber=True)
+
+    def _bound(self) -> tuple[optuna.samplers.BaseSampler, StudyView]:
+        if self._inner is None or self._view is None:
+            raise RuntimeError("a reproducible search asked for a trial without binding its slot")
+        return self._inner, self._view
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial
+                                    ) -> dict[str, BaseDistribution]:
+        """The inner sampler's, on the slot's view."""
+        inner, view = self._bound()
+        return inner.infer_relative_search_space(view, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        """The inner sampler's, on the slot's view."""
+        inner, view = self._bound()
+        return inner.sample_relative(view, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        """The inner sampler's, on the slot's view."""
+        inner, view = self._bound()
+        return inner.sample_independent(view, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """The inner sampler's, on the slot's view (NSGA-II assigns the generation here)."""
+        inner, view = self._bound()
+        inner.before_trial(view, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        """The inner sampler's, if one is bound (the trial told is the one it sampled)."""
+        if self._inner is not None:
+            self._inner.after_trial(study, trial, state, values)
