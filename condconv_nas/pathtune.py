@@ -1,12 +1,13 @@
 """CondConv path choice by measurement: time each exact path once per shape (like cudnn.benchmark).
 
 The first time a CondConv2d meets a shape (batch, channels, kernel, map size, experts) on a
-device, dtype and grad mode, every exact path that can compute it runs a few interleaved times
-and the fastest is kept for the process and in a JSON file, so that the choice is made once per
-machine rather than once per run. Tuning is on by default;
-`CONDCONV_NAS_PATH_TUNING=0` (or `set_tuning(False)`) falls back to `layers.choose_path`'s
-fitted rule, which tests use. Choices persist in the user's cache folder by default, so a later
-run on the machine takes the paths an earlier one measured and computes exactly what it did.
+device, torch version, thread count, dtype and grad mode, every exact path that can compute it
+runs five interleaved rounds, and a path other than the fitted rule's (`layers.choose_path`) is
+kept only where it beats the rule's clearly (`decide`): a measurement taken while other jobs
+load the machine must not settle a slower path for good. `CONDCONV_NAS_PATH_TUNING=0` (or
+`set_tuning(False)`) takes the rule, which tests use. Choices persist in the user's cache folder,
+and a study keeps its own file of them (`use_study_file`, begun from that cache): paths differ
+in float rounding, so every worker, resumed run and rerun of a study computes what it computed.
 While a graph is being compiled, captured or traced nothing is timed: a shape already measured
 keeps its choice, any other takes the rule.
 """
@@ -18,6 +19,7 @@ import functools
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +27,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["cache_file", "candidates", "choices", "clear", "default_cache_file", "enabled", "reset",
+__all__ = ["cache_file", "candidates", "choices", "clear", "decide", "default_cache_file", "enabled",
+           "reset",
            "set_cache_file", "set_tuning", "shape_key", "time_paths", "tuned_path", "use_study_file"]
 
 ENV_TUNING = "CONDCONV_NAS_PATH_TUNING"
 ENV_CACHE = "CONDCONV_NAS_PATH_CACHE"
-ROUNDS = 3  # interleaved timed calls per path after one warm-up call: the least is kept
+ROUNDS = 5  # interleaved timed calls per path after one warm-up call
+# Leaving the rule's path needs a clear win: a noisy measurement (a busy neighbour) must not
+# settle a slower path for good. The candidate must be this much faster by its least and its
+# median time, and faster in WIN_SHARE of the paired rounds.
+MARGIN = 0.05
+WIN_SHARE = 0.8
 
 _enabled: bool | None = None  # None: read the environment at the next call
 _cache_path: Path | None | bool = False  # False: read the environment
@@ -125,7 +133,8 @@ def shape_key(layer: nn.Module, x: torch.Tensor) -> str:
                       and x.is_contiguous(memory_format=torch.channels_last)) else "nchw"
     mode = "train" if torch.is_grad_enabled() else "eval"
     b, c, h, w = x.shape
-    return (f"{_device_name(x.device)}|{torch.get_num_threads()}t|{str(dtype).removeprefix('torch.')}"
+    return (f"{_device_name(x.device)}|torch {torch.__version__}|{torch.get_num_threads()}t|"
+            f"{str(dtype).removeprefix('torch.')}"
             f"|{mode}|{layout}|b{b} {c}->{layer.out_channels} k{layer.kernel_size} "
             f"s{layer.stride} d{layer.dilation} p{layer.padding} g{layer.groups} {h}x{w} "
             f"e{layer.num_experts} bias{int(layer.bias is not None)}")
@@ -149,8 +158,9 @@ def _busy() -> bool:
 
 
 def time_paths(layer: nn.Module, x: torch.Tensor, r: torch.Tensor, paths: list[str],
-               rounds: int = ROUNDS) -> dict[str, float]:
-    """Least seconds of one call per path (forward, plus backward when grad is on), interleaved.
+               rounds: int = ROUNDS) -> dict[str, list[float]]:
+    """Seconds of one call per path and round (forward, plus backward when grad is on); the
+    paths take turns within each round, so a round's times share the machine's state.
 
     The layer's parameters are used but never accumulate gradients: backward goes through
     `torch.autograd.grad` on detached copies of the inputs.
@@ -168,20 +178,34 @@ def time_paths(layer: nn.Module, x: torch.Tensor, r: torch.Tensor, paths: list[s
         if grad:
             torch.autograd.grad(y, [xs, rs, *params], torch.ones_like(y))
 
-    best = {p: float("inf") for p in paths}
+    times: dict[str, list[float]] = {p: [] for p in paths}
     try:
         for p in paths:  # warm-up: allocator, oneDNN/cuDNN algorithm choice
             call(p)
-        for _ in range(rounds):
-            for p in paths:
+        for i in range(rounds):
+            # Alternate the order, so no path always runs right after the same one.
+            for p in (paths if i % 2 == 0 else paths[::-1]):
                 sync()
                 start = time.perf_counter()
                 call(p)
                 sync()
-                best[p] = min(best[p], time.perf_counter() - start)
+                times[p].append(time.perf_counter() - start)
     finally:
         layer.path = saved
-    return best
+    return times
+
+
+def decide(times: dict[str, list[float]], rule: str) -> str:
+    """The path to keep: the fastest only where it clearly beats the rule's, else the rule's."""
+    best = min(times, key=lambda p: min(times[p]))
+    if best == rule or rule not in times:
+        return best
+    fast, slow = times[best], times[rule]
+    wins = sum(a < b for a, b in zip(fast, slow))
+    clear = (min(fast) <= (1 - MARGIN) * min(slow)
+             and statistics.median(fast) <= (1 - MARGIN) * statistics.median(slow)
+             and wins >= WIN_SHARE * min(len(fast), len(slow)))
+    return best if clear else rule
 
 
 def _load(path: Path) -> None:
@@ -257,13 +281,13 @@ def tuned_path(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: 
         layer.__dict__["_tuned_paths"] = (_generation, memo)
     if fast in memo:
         return memo[fast]
-    choice = _choose(layer, x, r)
+    choice = _choose(layer, x, r, rule)
     if choice is not None:
         memo[fast] = choice
     return rule if choice is None else choice
 
 
-def _choose(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None) -> str | None:
+def _choose(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: str) -> str | None:
     """The remembered or newly timed choice; None when it cannot be timed now (rule for now)."""
     key = shape_key(layer, x)
     file = cache_file()
@@ -276,8 +300,7 @@ def _choose(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None) -> str | 
         return paths[0]
     if r is None or _busy():
         return None
-    times = time_paths(layer, x, r, paths)
-    choice = min(paths, key=times.__getitem__)
+    choice = decide(time_paths(layer, x, r, paths), rule)
     if file is not None:
         choice = _save(file, key, choice)
         if _mirror is not None:  # later studies on this machine begin from it

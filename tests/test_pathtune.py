@@ -27,7 +27,7 @@ def _fake_times(monkeypatch, times: dict[str, float]) -> list[tuple]:
 
     def fake(layer, x, r, paths, rounds=pathtune.ROUNDS):
         calls.append((tuple(paths), torch.is_grad_enabled()))
-        return {p: times[p] for p in paths}
+        return {p: [times[p]] * rounds for p in paths}
 
     monkeypatch.setattr(pathtune, "time_paths", fake)
     return calls
@@ -113,7 +113,47 @@ def test_real_timing_chooses_a_candidate_and_the_result_stays_exact(tuning):
     torch.testing.assert_close(y, conv(x, r), rtol=0, atol=1e-12)
     times = pathtune.time_paths(conv, x, r, pathtune.candidates(conv))
     assert set(times) == {"bmm", "grouped", "experts"}
-    assert all(0 < t < 10 for t in times.values())
+    assert all(len(ts) == pathtune.ROUNDS and all(0 < t < 10 for t in ts) for ts in times.values())
+
+
+def test_a_path_replaces_the_rule_only_on_a_clear_win():
+    rule = [1.0, 1.0, 1.0, 1.0, 1.0]
+    # Clearly faster by least, median and in every paired round: taken.
+    assert pathtune.decide({"grouped": rule, "bmm": [0.8, 0.82, 0.79, 0.81, 0.8]}, "grouped") == "bmm"
+    # A single lucky round (a neighbour paused once): fastest by its least, slower by median.
+    lucky = [0.5, 1.1, 1.2, 1.05, 1.1]
+    assert pathtune.decide({"grouped": rule, "bmm": lucky}, "grouped") == "grouped"
+    # Within the margin: 3% faster throughout is noise here, not a reason to leave the rule.
+    assert pathtune.decide({"grouped": rule, "bmm": [0.97] * 5}, "grouped") == "grouped"
+    # Faster by least and median but losing two of five paired rounds: not clear.
+    assert pathtune.decide({"grouped": [1.0, 1.0, 1.0, 0.6, 0.6],
+                            "bmm": [0.5, 0.55, 0.5, 0.7, 0.7]}, "grouped") == "grouped"
+    # The rule's own path wins: kept, however close.
+    assert pathtune.decide({"grouped": [0.9] * 5, "bmm": [0.91] * 5}, "grouped") == "grouped"
+
+
+def test_a_study_file_begins_from_the_machine_cache_and_the_first_choice_stored_wins(
+        tuning, monkeypatch):
+    machine = tuning / "machine.json"
+    machine.write_text(json.dumps({"known-shape": "bmm"}))
+    pathtune.set_cache_file(machine)
+    study = tuning / "study" / "paths.json"
+    pathtune.use_study_file(study)
+    assert json.loads(study.read_text()) == {"known-shape": "bmm"}
+    # Another worker stored a choice for a shape after this one looked: this one adopts it.
+    assert pathtune._save(study, "new-shape", "grouped") == "grouped"
+    assert pathtune._save(study, "new-shape", "experts") == "grouped"
+    # A shape timed here lands in the study's file and the machine's, whose other entries stay.
+    _fake_times(monkeypatch, {"bmm": 1.0, "grouped": 3.0, "experts": 2.0})
+    conv = CondConv2d(8, 16, 1, num_experts=4)
+    conv.resolve_path(torch.randn(4, 8, 5, 5), torch.rand(4, 4))
+    (key,) = set(json.loads(study.read_text())) - {"known-shape", "new-shape"}
+    assert json.loads(study.read_text())[key] == json.loads(machine.read_text())[key]
+    assert json.loads(machine.read_text())["known-shape"] == "bmm"
+    # The machine's cache changing later (tuned elsewhere) leaves the study's choices alone.
+    machine.write_text(json.dumps({key: "experts"}))
+    pathtune.use_study_file(study)
+    assert json.loads(study.read_text())[key] != "experts"
 
 
 def test_choices_persist_in_the_cache_file_and_a_torn_file_is_ignored(tuning, monkeypatch):

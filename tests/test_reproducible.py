@@ -230,7 +230,7 @@ def test_opting_out_is_recorded_and_a_study_keeps_its_order(tmp_path, capsys):
     study = open_study(cfg, "search")
     order = settle_order(study, cfg.reproducible, cfg.workers, cfg.storage)
     assert not order.reproducible
-    assert study.user_attrs["search_order"] == {"reproducible": False, "lag": 2}
+    assert study.user_attrs["search_order"] == {"reproducible": False, "lag": 4}
     # Asking for a reproducible run of a study that began without: it goes on as it began.
     again = settle_order(study, True, 2, cfg.storage)
     assert not again.reproducible and "goes on as it began" in capsys.readouterr().out
