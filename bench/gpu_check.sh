@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check the project has, in one run; figures land in $OUT (device tool) or bench/results.
 # Usage: bash bench/gpu_check.sh [SECTION ...]
-#   (default: all of tests layer paths latency train fmnist search study)
+#   (default: all of tests layer paths latency train fmnist search reproducible study)
 # On a GPU machine without optuna/ptflops/plotly, carry them as wheels in .whl/ (see README);
 # Fashion-MNIST is read from .fmnist/ when present (else $CONDCONV_NAS_DATA / Debian's folder).
 set -uo pipefail
@@ -14,7 +14,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 data=(); [ -d .fmnist ] && data=(--data-dir .fmnist)
-sections=("$@"); [ ${#sections[@]} -eq 0 ] && sections=(tests layer paths latency train fmnist search study)
+sections=("$@"); [ ${#sections[@]} -eq 0 ] && sections=(tests layer paths latency train fmnist search reproducible study)
 
 tests() {
   echo "== tests on CUDA (layer exactness in float64 on cuda and cpu, model, train, path tuner)"
@@ -69,6 +69,11 @@ search() {
   python3 -m condconv_nas.cli report "$f" -o "$out/gpu_quickstart.html"
   python3 -m condconv_nas.cli export "$f" -o "$out/gpu_quickstart_export" | tail -3
   echo "quickstart on the GPU: $(( $(date +%s) - t0 )) s"
+}
+reproducible() {
+  echo "== a reproducible search twice on the GPU, 2 workers: the same parameters? (idle share)"
+  { grep -v '^device:' studies/tiny.yaml; echo "device: cuda"; } > studies/gpu_tiny.yaml
+  python3 bench/reproducible.py studies/gpu_tiny.yaml --workers 2 --twice
 }
 study() {
   echo "== 100-trial CIFAR-10 search: eager x1 against CUDA graphs x1/2/4 per GPU (issue goal 20 min)"

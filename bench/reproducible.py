@@ -9,7 +9,10 @@ from whatever has finished), and prints per run:
 - idle: the share of worker time not inside a trial (start-up, claims, slot waits, the tail
   when no trial is left), from the trials' start and end times;
 - wall: seconds, and its ratio to the unordered run with as many workers (one machine, one run
-  after the other, so the ratio is measured in one run of this script);
+  after the other, so the ratio is measured in one run of this script); the two modes sample
+  different architectures (the unordered run seeds a sampler per worker), so the seconds spent
+  inside trials are printed too: the idle share is the ordering's price, the wall ratio also
+  holds what was sampled;
 - whether the reproducible run stored the same parameters as a second reproducible run
   (`--twice`).
 
@@ -64,7 +67,7 @@ def run(study: Path, workers: int, reproducible: bool, tmp: Path, trials: int | 
     busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials_
                if t.datetime_complete and t.datetime_start)
     waited = sum(TrialRecord.of(t.user_attrs).waited_s or 0.0 for t in trials_)
-    return {"wall": wall, "idle": max(0.0, 1 - busy / (workers * wall)),
+    return {"wall": wall, "busy": busy, "idle": max(0.0, 1 - busy / (workers * wall)),
             "slot_wait": waited / (workers * wall),
             "params": [(t.number, t.params, t.state.name) for t in trials_]}
 
@@ -76,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, help="override the file's trial count")
     p.add_argument("--twice", action="store_true", help="run each reproducible search twice")
     args = p.parse_args(argv)
-    print(f"{'workers':>7} {'mode':>12} {'wall s':>8} {'ratio':>6} {'idle':>6} {'slot wait':>9} "
-          f"{'same trials':>11}", flush=True)
+    print(f"{'workers':>7} {'mode':>12} {'wall s':>8} {'ratio':>6} {'in trials s':>11} "
+          f"{'idle':>6} {'slot wait':>9} {'same trials':>11}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.workers:
             free = run(args.study, w, False, Path(tmp), args.trials)
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                     rep["params"] else "NO"
             for mode, r in (("unordered", free), ("reproducible", rep)):
                 ratio = r["wall"] / free["wall"]
-                print(f"{w:>7} {mode:>12} {r['wall']:>8.1f} {ratio:>6.2f} {r['idle']:>6.1%} "
+                print(f"{w:>7} {mode:>12} {r['wall']:>8.1f} {ratio:>6.2f} {r['busy']:>11.1f} "
+                      f"{r['idle']:>6.1%} "
                       f"{r['slot_wait'] if mode == 'reproducible' else 0:>9.1%} "
                       f"{same if mode == 'reproducible' else '':>11}", flush=True)
     return 0
