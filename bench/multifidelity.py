@@ -1,16 +1,21 @@
-"""Does multi-fidelity search pay? Plain TPE, random and MO-ASHA search on one training budget.
+"""Does multi-fidelity search pay, and what should its sampler learn from? One training budget.
 
 Each method runs with several sampler seeds on a real dataset (Fashion-MNIST by default). Plain
 TPE and random train every architecture for `max_epochs`; multi-fidelity search (rungs
 min_epochs x eta^k up to max_epochs) gets as many sampled architectures as fit the same
-expected epochs. For every run the hypervolume of its top-fidelity front (architectures trained
-for max_epochs; one shared reference point) is traced against the cumulative training seconds
-of all its runs, every rung included. Printed: each method's final hypervolume and total
-seconds (mean and spread over seeds), and the share of plain TPE's time multi-fidelity search
-needs to reach plain TPE's final hypervolume (goal: <= 0.5).
+expected epochs, its sampler learning from every rung's accuracy (`mf-all`), from top-rung runs
+only (`mf-top`) or from rung-normalised ranks (`mf-ranks`; learnfrom.py). For every run the
+hypervolume of its top-fidelity front (architectures trained for max_epochs; one shared
+reference point) is traced against the cumulative training seconds of all its runs, every rung
+included. Printed: each method's final hypervolume and total seconds (mean and spread over
+seeds); the hypervolume each multi-fidelity variant reaches at one equal compute (the least
+total of any of their runs), per seed and paired with mf-all (the seeds pair: a reproducible
+search draws slot n's sampler seed from (seed, n), so variants share their random start-up
+trials); and the share of plain TPE's time multi-fidelity search needs to reach plain TPE's
+final hypervolume (goal: <= 0.5).
 
 Usage: python bench/multifidelity.py [--train-limit 2000] [--trials 8] [--seeds 3] [--jobs 2]
-       [--clock cpu|wall]
+       [--clock cpu|wall] [--methods tpe,random,mf-all,mf-top,mf-ranks]
 Results: bench/results/multifidelity.json (and the runs' journal in bench/results/).
 """
 
@@ -40,10 +45,10 @@ def study_file(method: str, seed: int, args: argparse.Namespace) -> Path:
             "storage": str(OUT / "multifidelity.journal"),
             "artifacts": str(OUT / "multifidelity.artifacts"),
             "sampler": "random" if method == "random" else "tpe",
-            "trials": mf_trials if method == "multifidelity" else args.trials}
-    if method == "multifidelity":
+            "trials": mf_trials if method.startswith("mf-") else args.trials}
+    if method.startswith("mf-"):
         data["multifidelity"] = {"min_epochs": args.min_epochs, "max_epochs": args.max_epochs,
-                                 "eta": args.eta}
+                                 "eta": args.eta, "learn_from": method[3:]}
     path = OUT / f"multifidelity-{method}-s{seed}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -95,6 +100,35 @@ def trace(name: str, clock: str = "cpu") -> pd.DataFrame:
     return df
 
 
+def hv_at(curve: list[tuple[float, float]], seconds: float) -> float:
+    """Hypervolume a run had reached once it had trained `seconds` (0 before its first result)."""
+    return max((hv for sec, hv in curve if sec <= seconds), default=0.0)
+
+
+def equal_compute(curves: dict, variants: list[str], seeds: int) -> dict:
+    """Each variant's hypervolume at the least total seconds of any variant's run, per seed, and
+    paired differences from mf-all (mean and the t-interval over seeds); printed as a table."""
+    budget = min(curves[(m, s)][-1][0] for m in variants for s in range(seeds))
+    out: dict = {"seconds": budget, "hypervolume": {}, "per_1000_s": {}, "vs_all": {}}
+    print(f"\nhypervolume at equal compute ({budget:.0f} training s, the least total of any "
+          "multi-fidelity run), per seed")
+    for m in variants:
+        hv = [hv_at(curves[(m, s)], budget) for s in range(seeds)]
+        out["hypervolume"][m] = hv
+        out["per_1000_s"][m] = [1000 * h / budget for h in hv]
+        line = f"{m:<10} " + " ".join(f"{h:6.3f}" for h in hv) + f"   mean {statistics.mean(hv):.3f}"
+        if m != "mf-all" and "mf-all" in variants and seeds > 1:
+            diff = [a - b for a, b in zip(hv, out["hypervolume"]["mf-all"])]
+            from scipy.stats import t as student
+
+            half = student.ppf(0.975, seeds - 1) * statistics.stdev(diff) / math.sqrt(seeds)
+            mean = statistics.mean(diff)
+            out["vs_all"][m] = {"mean": mean, "low": mean - half, "high": mean + half}
+            line += f"   vs mf-all {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] (95% t)"
+        print(line)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,10 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="training seconds counted: process CPU time (default: robust to other "
                              "tenants on CPU) or wall time (use on a GPU)")
+    parser.add_argument("--methods", default="tpe,random,mf-all,mf-top,mf-ranks",
+                        help="comma-separated: tpe, random, mf-all, mf-top, mf-ranks")
     args = parser.parse_args(argv)
     OUT = Path(args.out).resolve()
     OUT.mkdir(parents=True, exist_ok=True)
-    methods = ("tpe", "random", "multifidelity")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    known = ("tpe", "random", "mf-all", "mf-top", "mf-ranks")
+    if not methods or set(methods) - set(known):
+        parser.error(f"--methods: each must be one of {', '.join(known)}")
     paths = [str(study_file(m, s, args)) for s in range(args.seeds) for m in methods]
     from joblib import Parallel, delayed
 
@@ -137,12 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         table[m] = {"seconds": [f[0] for f in finals], "hypervolume": [f[1] for f in finals],
                     "top_rung_runs": [int(traces[(m, s)].top.sum()) for s in range(args.seeds)],
                     "runs": [len(traces[(m, s)]) for s in range(args.seeds)]}
-    target = statistics.mean(table["tpe"]["hypervolume"])
-    tpe_time = statistics.mean(table["tpe"]["seconds"])
-    reach = []
-    for s in range(args.seeds):
-        hit = next((sec for sec, hv in curves[("multifidelity", s)] if hv >= target), math.nan)
-        reach.append(hit / tpe_time)
     print(f"\n{args.dataset}, {args.train_limit} training images, rungs "
           f"{args.min_epochs}..{args.max_epochs} (eta {args.eta}); {args.seeds} sampler seeds; "
           f"{args.clock} seconds")
@@ -153,12 +186,21 @@ def main(argv: list[str] | None = None) -> int:
         sd = statistics.stdev(hv) if len(hv) > 1 else math.nan
         print(f"{m:<14} {statistics.mean(row['runs']):>9.1f} {statistics.mean(row['top_rung_runs']):>9.1f} "
               f"{statistics.mean(row['seconds']):>15.0f} {statistics.mean(hv):>14.3f} +- {sd:.3f}")
-    print("multi-fidelity time to plain TPE's final hypervolume, as a share of TPE's time: "
-          + ", ".join("never" if math.isnan(r) else f"{r:.2f}" for r in reach)
-          + " (goal <= 0.5)")
-    result = {"settings": vars(args), "table": table, "tpe_final_hypervolume": target,
-              "tpe_seconds": tpe_time, "multifidelity_share_to_reach": reach,
+    result = {"settings": vars(args), "table": table,
               "curves": {f"{m}-s{s}": c for (m, s), c in curves.items()}}
+    variants = [m for m in methods if m.startswith("mf-")]
+    if variants:
+        result["equal_compute"] = equal_compute(curves, variants, args.seeds)
+    if "tpe" in methods and variants:
+        target = statistics.mean(table["tpe"]["hypervolume"])
+        tpe_time = statistics.mean(table["tpe"]["seconds"])
+        for m in variants:
+            reach = [next((sec for sec, hv in curves[(m, s)] if hv >= target), math.nan) / tpe_time
+                     for s in range(args.seeds)]
+            print(f"{m} time to plain TPE's final hypervolume, as a share of TPE's time: "
+                  + ", ".join("never" if math.isnan(r) else f"{r:.2f}" for r in reach)
+                  + " (goal <= 0.5)")
+            result.setdefault("share_to_reach_tpe", {})[m] = reach
     (OUT / "multifidelity.json").write_text(json.dumps(result, indent=1, default=str))
     return 0
 

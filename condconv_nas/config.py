@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .baselines import FAMILIES
 from .calibration import Calibration
 from .errors import UserError
-from .multifidelity import MultiFidelity
+from .multifidelity import LEARN_FROM, MultiFidelity
 from .recipe import Recipe, RecipeError
 from .space import SearchSpace, load_space, parse_count, read_yaml
 
@@ -311,17 +311,22 @@ def _objective(src: str, data: Any, measure: MeasureSettings | None) -> str:
 def _multifidelity(src: str, data: Any) -> MultiFidelity | None:
     if data is None:
         return None
-    keys = {"min_epochs", "max_epochs", "eta"}
+    keys = {"min_epochs", "max_epochs", "eta", "learn_from"}
     if not isinstance(data, dict) or set(data) - keys or "max_epochs" not in data:
         raise StudyError(f"{src}: multifidelity: must be a mapping with max_epochs and optional "
-                         "min_epochs and eta, e.g. {min_epochs: 1, max_epochs: 9, eta: 3}")
+                         "min_epochs, eta and learn_from, e.g. {min_epochs: 1, max_epochs: 9, "
+                         "eta: 3}")
     low = _int(src, "multifidelity.min_epochs", data.get("min_epochs", 1), 1)
     high = _int(src, "multifidelity.max_epochs", data["max_epochs"], 1)
     eta = _int(src, "multifidelity.eta", data.get("eta", 3), 2)
     if high <= low:
         raise StudyError(f"{src}: multifidelity.max_epochs: must exceed min_epochs ({low}) for "
                          f"two rungs or more, got {high}")
-    return MultiFidelity(min_epochs=low, max_epochs=high, eta=eta)
+    learn = data.get("learn_from", MultiFidelity.learn_from)
+    if learn not in LEARN_FROM:
+        raise StudyError(f"{src}: multifidelity.learn_from: must be one of "
+                         f"{', '.join(LEARN_FROM)}, got {learn!r}")
+    return MultiFidelity(min_epochs=low, max_epochs=high, eta=eta, learn_from=learn)
 
 
 def _images(src: str, key: str, value: Any) -> int | None:

@@ -13,17 +13,24 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["MultiFidelity", "crowding_distances", "nondominated_ranks", "promotion_order",
+__all__ = ["LEARN_FROM", "MultiFidelity", "crowding_distances", "nondominated_ranks", "promotion_order",
            "to_promote"]
+
+
+# What the sampler learns from (learnfrom.py): every rung's accuracy as it is, top-rung runs only,
+# or each run's accuracy as its rank among its rung's finished runs.
+LEARN_FROM = ("all", "top", "ranks")
 
 
 @dataclass(frozen=True)
 class MultiFidelity:
-    """Epochs of the bottom and top rung, and the reduction factor between rungs."""
+    """Epochs of the bottom and top rung, the reduction factor between rungs, and what the
+    sampler learns from (one of LEARN_FROM)."""
 
     min_epochs: int = 1
     max_epochs: int = 9
     eta: int = 3
+    learn_from: str = "all"
 
     @property
     def rungs(self) -> tuple[int, ...]:

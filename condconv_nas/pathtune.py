@@ -231,21 +231,26 @@ def _save(path: Path, key: str, choice: str) -> str:
     Returns the choice to use: another worker that timed the same shape first decided it, so
     that every worker of a study computes a shape alike (paths differ in float rounding).
     """
+    return _merge(path, {key: choice}).get(key, choice)
+
+
+def _merge(path: Path, choices: dict[str, str]) -> dict[str, str]:
+    """Merge choices into the file under its lock (stored keys win); what the file now holds."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{path}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             stored = _read(path)
-            if key in stored:
-                return stored[key]
-            stored[key] = choice
+            if all(k in stored for k in choices):
+                return stored
+            stored = {**choices, **stored}
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
             with os.fdopen(fd, "w") as f:
                 json.dump(stored, f, indent=0, sort_keys=True)
             os.replace(tmp, path)
+            return stored
     except OSError:
-        pass  # a read-only or full disk costs a re-measurement next time, never the run
-    return choice
+        return choices  # a read-only or full disk costs a re-measurement next time, never the run
 
 
 def use_study_file(path: str | Path) -> None:
@@ -258,8 +263,7 @@ def use_study_file(path: str | Path) -> None:
     study_file = Path(path).expanduser()
     machine = cache_file()
     if not study_file.exists() and machine is not None and machine != study_file:
-        for key, choice in _read(machine).items():
-            _save(study_file, key, choice)
+        _merge(study_file, _read(machine))  # one write: a cache of 500 shapes took 0.7 s key by key
     _mirror = machine if machine != study_file else None
     clear()  # choices read from another file must not stand in for the study's
     set_cache_file(study_file)

@@ -23,8 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from .errors import UserError
 from .record import TrialRecord
 
-__all__ = ["ORDER_ATTR", "ReproducibleSampler", "SearchOrder", "StudyView", "default_lag", "next_slot",
-           "settle_order", "slot_seed", "slot_trials", "stored_order"]
+__all__ = ["ORDER_ATTR", "ReproducibleSampler", "SearchOrder", "StudyView", "ViewSampler",
+           "default_lag", "next_slot", "settle_order", "slot_seed", "slot_trials", "stored_order"]
 
 ORDER_ATTR = "search_order"  # the study attribute that records how its trials were ordered
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -148,44 +148,42 @@ class StudyView(optuna.Study):
         return copy.deepcopy(out) if deepcopy else out
 
 
-class ReproducibleSampler(optuna.samplers.BaseSampler):
-    """A fresh inner sampler per slot, seeded by (seed, slot), that sees only the slot's view."""
+class ViewSampler(optuna.samplers.BaseSampler):
+    """An inner sampler that samples from a bound view of the study's trials, not the study's."""
 
-    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
-        self._make, self._seed = make, seed
-        self._inner: optuna.samplers.BaseSampler | None = None
+    def __init__(self, inner: optuna.samplers.BaseSampler | None = None) -> None:
+        self._inner = inner
         self._view: StudyView | None = None
 
-    def bind(self, study: optuna.Study, slot: int, seen: Sequence[FrozenTrial]) -> None:
-        """Sample the next asked trial as slot `slot`, from the finished trials `seen`."""
-        self._inner = self._make(slot_seed(self._seed, slot))
+    def bind(self, study: optuna.Study, seen: Sequence[FrozenTrial]) -> None:
+        """Sample the next asked trial from the trials `seen` (renumbered 0..k-1)."""
         self._view = StudyView(study, seen, renumber=True)
 
     def _bound(self) -> tuple[optuna.samplers.BaseSampler, StudyView]:
         if self._inner is None or self._view is None:
-            raise RuntimeError("a reproducible search asked for a trial without binding its slot")
+            raise RuntimeError("a trial was asked for without binding the sampler's view")
         return self._inner, self._view
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial
                                     ) -> dict[str, BaseDistribution]:
-        """The inner sampler's, on the slot's view."""
+        """The inner sampler's, on the view."""
         inner, view = self._bound()
         return inner.infer_relative_search_space(view, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        """The inner sampler's, on the slot's view."""
+        """The inner sampler's, on the view."""
         inner, view = self._bound()
         return inner.sample_relative(view, trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        """The inner sampler's, on the slot's view."""
+        """The inner sampler's, on the view."""
         inner, view = self._bound()
         return inner.sample_independent(view, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """The inner sampler's, on the slot's view (NSGA-II assigns the generation here)."""
+        """The inner sampler's, on the view (NSGA-II assigns the generation here)."""
         inner, view = self._bound()
         inner.before_trial(view, trial)
 
@@ -194,3 +192,16 @@ class ReproducibleSampler(optuna.samplers.BaseSampler):
         """The inner sampler's, if one is bound (the trial told is the one it sampled)."""
         if self._inner is not None:
             self._inner.after_trial(study, trial, state, values)
+
+
+class ReproducibleSampler(ViewSampler):
+    """A fresh inner sampler per slot, seeded by (seed, slot), that sees only the slot's view."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        super().__init__()
+        self._make, self._seed = make, seed
+
+    def bind_slot(self, study: optuna.Study, slot: int, seen: Sequence[FrozenTrial]) -> None:
+        """Sample the next asked trial as slot `slot`, from the finished trials `seen`."""
+        self._inner = self._make(slot_seed(self._seed, slot))
+        self.bind(study, seen)

@@ -183,8 +183,7 @@ def _importances(study: optuna.Study, rung: int = 0) -> dict[str, float]:
 def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "") -> StudyResults:
     """The study `name` and its siblings `name.random` and `name.baseline`, as frames."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage,
-                                                                   include_best_trial=False)}
+    names = {s.study_name for s in storage.get_all_studies()}
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
         raise StudyNotFoundError(f"study {name!r} is not in storage {url or storage} (studies there: "

@@ -34,7 +34,9 @@ def result_settings(cfg: StudyConfig) -> dict[str, Any]:
         **holdout, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "val_size": cfg.val_size,
         "train_limit": cfg.train_limit, "recipe": dataclasses.asdict(cfg.recipe),
         "seed": cfg.seed, "budget_madds": cfg.budget_madds,
-        "multifidelity": dataclasses.asdict(cfg.multifidelity) if cfg.multifidelity else None,
+        # What the sampler learns from steers sampling, as the sampler does, not a result.
+        "multifidelity": ({k: v for k, v in dataclasses.asdict(cfg.multifidelity).items()
+                           if k != "learn_from"} if cfg.multifidelity else None),
         "objective": cfg.objective,
         "measure": dataclasses.asdict(cfg.measure) if cfg.measure else None,
         "space": {"base": space.base.to_dict(), "budget_madds": space.budget_madds,

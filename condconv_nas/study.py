@@ -72,7 +72,7 @@ def open_study(cfg: StudyConfig, kind: str, parent: str = "") -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(cfg.storage, heartbeat=cfg.heartbeat)
     now = result_settings(cfg)
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    names = {s.study_name for s in storage.get_all_studies()}
     for name in [n for n in (parent, cfg.name) if n and n in names]:
         check_settings(cfg, optuna.load_study(study_name=name, storage=storage), now)
     study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,

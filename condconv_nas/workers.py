@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from .config import StudyConfig, load_study_data, preprocess_of
 from .interrupts import check_interrupt, deferred_interrupt, stop_on_signals
+from .learnfrom import sampler_trials
 from .multifidelity import MultiFidelity, to_promote
 from .objective import Objective, front_size
 from .optuna_internals import frozen, record_heartbeat, set_trial_attrs, set_trial_state
@@ -26,6 +27,7 @@ from .reproducible import (
     ReproducibleSampler,
     SearchOrder,
     StudyView,
+    ViewSampler,
     next_slot,
     slot_trials,
     stored_order,
@@ -77,7 +79,8 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str, queued_only: bool
                     got = _claim_slot(study, cfg, trials, order.lag)
                     if isinstance(got, tuple):
                         slot, seen = got
-                        study.sampler.bind(study, slot, seen)  # type: ignore[attr-defined]
+                        study.sampler.bind_slot(  # type: ignore[attr-defined]
+                            study, slot, sampler_trials(seen, cfg.multifidelity))
                         trial = study.ask()
                         write_record(trial, worker=worker, slot=slot,
                                      waited_s=round(time.perf_counter() - t0, 3))
@@ -94,6 +97,8 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str, queued_only: bool
                     promotion = any(TrialRecord.of(t.user_attrs).rung > 0 for t in waiting)
                     if promotion or (budget_used(trials) < cfg.trials
                                      and (waiting or not queued_only)):
+                        if isinstance(study.sampler, ViewSampler):  # learn_from: top or ranks
+                            study.sampler.bind(study, sampler_trials(trials, cfg.multifidelity))
                         trial = study.ask()
                         write_record(trial, worker=worker)  # lets others tell if its owner died
                         record_heartbeat(study, trial)
@@ -232,6 +237,8 @@ def run_worker(cfg: StudyConfig, index: int = 0, print_fn: Callable[[str], None]
             lambda seed: make_sampler(cfg.sampler, seed, cfg.trials), cfg.seed)
     else:  # seed + worker index; `salt` moves resumed and joining runs to new sequences
         study.sampler = make_sampler(cfg.sampler, (cfg.seed + index + salt) % 2**32, cfg.trials)
+        if not baseline and cfg.multifidelity and cfg.multifidelity.learn_from != "all":
+            study.sampler = ViewSampler(study.sampler)  # bound to its view at each claim
     if data is None or data.train.images.device != device:
         data = load_study_data(cfg, device)
     if "preprocess" not in study.user_attrs:  # what an exported model expects of its input

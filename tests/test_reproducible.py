@@ -47,7 +47,7 @@ def _simulated_search(sampler: str, lag: int, finish_order: random.Random, trial
             x, y = t.params["x"], t.params["y"]
             study.tell(t, [-(x - 0.3) ** 2 - (y - 2) ** 2 * 0.01, x + y])
         if not plain:
-            study.sampler.bind(study, slot, seen)
+            study.sampler.bind_slot(study, slot, seen)
         t = study.ask()
         t.set_user_attr("slot", slot)
         t.suggest_float("x", 0.0, 1.0)
