@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.benchmark import Timer
 
-from condconv_nas.layers import CondConv2d
-from condconv_nas.presets import get_preset, preset_names
+from condconv_nas.nn.layers import CondConv2d
+from condconv_nas.nn.presets import get_preset, preset_names
 
 
 @dataclass(frozen=True)

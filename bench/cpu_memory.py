@@ -19,10 +19,10 @@ import sys
 CHILD = """
 import json, os, sys, time
 import torch
-from condconv_nas.data import load_dataset
-from condconv_nas.model import build_model
-from condconv_nas.presets import get_preset
-from condconv_nas.train import Recipe, fit, keep_freed_memory
+from condconv_nas.train.data import load_dataset
+from condconv_nas.nn.model import build_model
+from condconv_nas.nn.presets import get_preset
+from condconv_nas.train.train import Recipe, fit, keep_freed_memory
 a = json.loads(sys.argv[1])
 data = load_dataset(a["dataset"], train_limit=a["train_limit"], val_size=a["val_size"])
 torch.manual_seed(0)

@@ -93,7 +93,7 @@ def run_config(name: str, dataset: str, args: argparse.Namespace, compile_mode: 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from condconv_nas.storage import open_storage
+    from condconv_nas.store.storage import open_storage
 
     trials = optuna.load_study(study_name=name, storage=open_storage(cfg["storage"])).trials
     done = [t.user_attrs for t in trials if t.state.name == "COMPLETE"

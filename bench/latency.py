@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from condconv_nas.baselines import static_base
-from condconv_nas.cost import count_cost
 from condconv_nas.export import _torchscript, deploy_copy
-from condconv_nas.latency import measure_many, time_torchscript
-from condconv_nas.model import build_model
-from condconv_nas.presets import get_preset, preset_names
+from condconv_nas.nn.cost import count_cost
+from condconv_nas.nn.latency import measure_many, time_torchscript
+from condconv_nas.nn.model import build_model
+from condconv_nas.nn.presets import get_preset, preset_names
+from condconv_nas.search.baselines import static_base
 
 GOAL_EXPORT = ("condconv_efficientnet_b0_8e", 1.25)
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = args.only or [n for n in preset_names()
                           if any(b.condconv for b in get_preset(n).blocks())]
-    from condconv_nas.latency import describe_device
+    from condconv_nas.nn.latency import describe_device
 
     device = f"{describe_device(torch.device('cpu'))}, {args.threads} threads"
     print(f"CondConv presets / static twins, CPU ({device}), torch {torch.__version__}")

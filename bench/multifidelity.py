@@ -56,7 +56,7 @@ def study_file(method: str, seed: int, args: argparse.Namespace) -> Path:
 
 def expected_epochs(args: argparse.Namespace) -> float:
     """Epochs one sampled architecture costs on average under successive halving."""
-    from condconv_nas.multifidelity import MultiFidelity
+    from condconv_nas.search.multifidelity import MultiFidelity
 
     mf = MultiFidelity(args.min_epochs, args.max_epochs, args.eta)
     return sum(e / args.eta ** k for k, e in enumerate(mf.rungs))
@@ -65,7 +65,7 @@ def expected_epochs(args: argparse.Namespace) -> float:
 def run_one(path: str) -> str:
     """Run (or resume) one study; returns its name."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from condconv_nas.study import load_study_config, run_search
+    from condconv_nas.search.study import load_study_config, run_search
 
     cfg = load_study_config(path)
     run_search(cfg, print_fn=lambda line: print(f"[{cfg.name}] {line}", flush=True))
@@ -81,7 +81,7 @@ def trace(name: str, clock: str = "cpu") -> pd.DataFrame:
     """
     import optuna
 
-    from condconv_nas.storage import open_storage
+    from condconv_nas.store.storage import open_storage
 
     study = optuna.load_study(study_name=name, storage=open_storage(str(OUT / "multifidelity.journal")))
     rungs = (study.user_attrs.get("config", {}).get("multifidelity") or {}).get("rungs") or [0]
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Parallel(n_jobs=args.jobs, backend="loky")(delayed(run_one)(p) for p in paths)
 
-    from condconv_nas.pareto import hypervolume, normalisation
+    from condconv_nas.analysis.pareto import hypervolume, normalisation
 
     traces = {(m, s): trace(f"{m}-s{s}", args.clock) for m in methods for s in range(args.seeds)}
     norm = normalisation(*[t[t.top] for t in traces.values()])

@@ -15,7 +15,7 @@ Each simulated study runs the protocol the tool runs, with a known truth:
 - truths that bend: accuracy rises 5 pp over the range in log-MAdds, linearly (curvature 0) up to
   strongly saturating (curvature 1); a true gain (`--gain`, in seed sds) lifts every front point.
 
-The claims are made by `condconv_nas.claims` (`pair`, `family_claim`, `apply_holm`): no second
+The claims are made by `condconv_nas.analysis.claims` (`pair`, `family_claim`, `apply_holm`): no second
 implementation of the statistics. A study makes a false claim when any family's claim is
 significant while the true gain is 0 (gain or loss: both are claims); power is the share of
 studies with a true gain in which every family's claim is a significant gain. `--grid` (baseline
@@ -40,7 +40,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from condconv_nas.claims import Arch, apply_holm, family_claim, pair  # noqa: E402
+from condconv_nas.analysis.claims import Arch, apply_holm, family_claim, pair  # noqa: E402
 
 LOW, LOG_RANGE = 2e6, math.log(4.0)  # the MAdds range searched: 2M to 8M
 RISE = 0.05                # accuracy gained over that range (5 pp)

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from condconv_nas.baselines import static_base
-from condconv_nas.layers import CondConv2d
-from condconv_nas.model import build_model
-from condconv_nas.presets import get_preset
+from condconv_nas.nn.layers import CondConv2d
+from condconv_nas.nn.model import build_model
+from condconv_nas.nn.presets import get_preset
+from condconv_nas.search.baselines import static_base
 
 VARIANTS = ("experts", "taps", "grouped")
 

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from condconv_layer import Shape, preset_shapes, time_paths  # noqa: E402
 
-from condconv_nas import pathtune  # noqa: E402
-from condconv_nas.layers import CondConv2d  # noqa: E402
+from condconv_nas.nn import pathtune  # noqa: E402
+from condconv_nas.nn.layers import CondConv2d  # noqa: E402
 
 
 def shapes(count: int, seed: int = 0) -> list[tuple[Shape, int]]:

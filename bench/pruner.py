@@ -16,8 +16,8 @@ from pathlib import Path
 
 import optuna
 
-from condconv_nas.pareto import pareto_front
-from condconv_nas.study import PrunerConfig, load_study_config, open_storage, run_search
+from condconv_nas.analysis.pareto import pareto_front
+from condconv_nas.search.study import PrunerConfig, load_study_config, open_storage, run_search
 
 
 def run(cfg, storage: str) -> list[optuna.trial.FrozenTrial]:

@@ -40,8 +40,8 @@ def run(study: Path, workers: int, reproducible: bool, tmp: Path, trials: int | 
     """One search into a fresh storage; its timings and trials."""
     import optuna
 
-    from condconv_nas.record import TrialRecord
-    from condconv_nas.storage import open_storage
+    from condconv_nas.store.record import TrialRecord
+    from condconv_nas.store.storage import open_storage
 
     data = yaml.safe_load(study.read_text())
     for key in ("space", "data_dir"):  # relative to the original file

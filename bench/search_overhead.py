@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-import condconv_nas.train as train
-from condconv_nas.study import load_study_config, run_search, with_overrides
+import condconv_nas.train.train as train
+from condconv_nas.search.study import load_study_config, run_search, with_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train.fit = sleeping_fit
     # Building the network is part of training, not of the search machinery: timed apart.
-    import condconv_nas.model as model_module
+    import condconv_nas.nn.model as model_module
 
     build = model_module.build_model
     in_build = [0.0]

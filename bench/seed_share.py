@@ -28,12 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     import torch
 
-    from condconv_nas.baselines import matched_controls
-    from condconv_nas.config import load_study_config, load_study_data
-    from condconv_nas.cost import count_cost
-    from condconv_nas.model import build_model
-    from condconv_nas.storage import adopt_stored_layout
-    from condconv_nas.train import correct_mask, fit
+    from condconv_nas.nn.cost import count_cost
+    from condconv_nas.nn.model import build_model
+    from condconv_nas.search.baselines import matched_controls
+    from condconv_nas.search.config import load_study_config, load_study_data
+    from condconv_nas.search.match import adopt_stored_layout
+    from condconv_nas.train.train import correct_mask, fit
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("study")

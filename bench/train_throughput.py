@@ -17,11 +17,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from condconv_nas.cost import count_cost
-from condconv_nas.data import Dataset, Split, augment, normalize
-from condconv_nas.model import build_model
-from condconv_nas.presets import get_preset
-from condconv_nas.train import _param_groups, _to_channels_last
+from condconv_nas.nn.cost import count_cost
+from condconv_nas.nn.model import build_model
+from condconv_nas.nn.presets import get_preset
+from condconv_nas.train.data import Dataset, Split, augment, normalize
+from condconv_nas.train.train import _param_groups, _to_channels_last
 
 
 def synthetic_split(spec, n: int, device: str) -> Dataset:

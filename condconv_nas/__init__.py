@@ -5,22 +5,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .cost import count_cost
-from .presets import get_preset, preset_names
-from .spec import ArchSpec, SpecError, StageSpec
+from .api import Results, Study
+from .errors import UserError
+from .nn.cost import count_cost
+from .nn.presets import get_preset, preset_names
+from .nn.spec import ArchSpec, SpecError, StageSpec
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from torch import nn
 
-__all__ = ["ArchSpec", "SpecError", "StageSpec", "__version__", "build_model", "count_cost",
-           "get_preset", "load_arch", "preset_names"]
+__all__ = ["ArchSpec", "Results", "SpecError", "StageSpec", "Study", "UserError", "__version__",
+           "build_model", "count_cost", "get_preset", "load_arch", "preset_names"]
 
 
 def build_model(spec: ArchSpec) -> nn.Module:
     """The torch model of `spec` (imports torch on first use, so the core stays light)."""
-    from .model import build_model as _build
+    from .nn.model import build_model as _build
 
     return _build(spec)
 

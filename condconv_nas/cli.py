@@ -22,10 +22,10 @@ from .commands import (
     cmd_train,
     cmd_worker,
 )
-from .config import SAMPLERS
-from .cost import CONVENTION
 from .errors import UserError
-from .interrupts import stop_on_signals
+from .nn.cost import CONVENTION
+from .search.config import SAMPLERS
+from .train.interrupts import stop_on_signals
 
 __all__ = ["main"]
 
@@ -36,13 +36,29 @@ def _add_arch_source(p: argparse.ArgumentParser) -> None:
     src.add_argument("--arch", metavar="FILE.json", help="a spec JSON or an exported arch.json")
 
 
-def _study_parser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
-    """A subcommand that works on a study file, with --storage to point at another storage."""
-    p = sub.add_parser(name, **kwargs)
+def _study_options() -> argparse.ArgumentParser:
+    """The options of every command that works on a study file: the file, and --storage."""
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument("study", metavar="studies/X.yaml")
     p.add_argument("--storage", metavar="URL",
                    help="journal file path or Optuna storage URL (default: the study file's)")
     return p
+
+
+def _worker_options() -> argparse.ArgumentParser:
+    """The options of every command that trains a study's runs: how many worker processes."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes on this machine, sharing the storage")
+    p.add_argument("--workers-per-gpu", type=int, metavar="N",
+                   help="worker processes on each visible GPU when --workers is unset (default 1)")
+    return p
+
+
+def _study_parser(sub, name: str, workers: bool = False, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand that works on a study file (with --storage), and with `workers` trains runs."""
+    parents = [_study_options(), *([_worker_options()] if workers else [])]
+    return sub.add_parser(name, parents=parents, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,11 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)
 
-    p = _study_parser(sub, "search", help="run or resume a search study")
+    p = _study_parser(sub, "search", workers=True, help="run or resume a search study")
     p.add_argument("--trials", type=int, metavar="N", help="total trials of the study")
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
-    p.add_argument("--workers-per-gpu", type=int, metavar="N",
-                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.add_argument("--sampler", choices=SAMPLERS, help="default: the study file's (tpe)")
     p.add_argument("--control", action="store_true",
                    help="run the random-sampler control into the sibling study X.random")
@@ -118,13 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "it from then on")
     p.set_defaults(func=cmd_search)
 
-    p = _study_parser(sub, "worker", help="join a running study from this machine",
+    p = _study_parser(sub, "worker", workers=True, help="join a running study from this machine",
                        description="Join a study that `search` (or `baselines`) started in a "
                        "shared storage (e.g. postgresql://...): claim trials until its budget is "
                        "used; on databases a heartbeat lets others retry a trial whose worker dies.")
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine")
-    p.add_argument("--workers-per-gpu", type=int, metavar="N",
-                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.add_argument("--trials", type=int, metavar="N", help="total trials of the study")
     joins = p.add_mutually_exclusive_group()
     joins.add_argument("--baselines", action="store_true", help="join X.baseline instead of X")
@@ -132,19 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     joins.add_argument("--calibrate", action="store_true", help="join X.calibrate instead of X")
     p.set_defaults(func=cmd_worker)
 
-    p = _study_parser(sub, "confirm", help="retrain the front architectures with fresh seeds",
+    p = _study_parser(sub, "confirm", workers=True, help="retrain the front architectures with fresh seeds",
                        description="Retrain every architecture on the search front (and on the "
                        "random control's front) with N fresh seeds into the sibling study "
                        "X.confirm; the report's claims use only these confirmed means. "
                        "Re-running resumes and confirms points that joined the front since.")
     p.add_argument("--seeds", type=int, metavar="N",
                    help="fresh seeds per architecture (default: the study file's confirm.seeds, 3)")
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
-    p.add_argument("--workers-per-gpu", type=int, metavar="N",
-                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.set_defaults(func=cmd_confirm)
 
-    p = _study_parser(sub, "calibrate", help="how long must the proxy train? (Kendall tau per "
+    p = _study_parser(sub, "calibrate", workers=True, help="how long must the proxy train? (Kendall tau per "
                        "proxy budget)",
                        description="Train K architectures (space samples and baseline points, "
                        "spread over MAdds) at every proxy budget of the study file's calibration "
@@ -154,13 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "and the cheapest budget that ranks well. Re-running resumes.")
     p.add_argument("--archs", type=int, metavar="K",
                    help="architectures to train (default: the study file's calibration.archs, 10)")
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
-    p.add_argument("--workers-per-gpu", type=int, metavar="N",
-                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_calibrate)
 
-    p = _study_parser(sub, "baselines", help="train width/depth/compound/experts baselines of a study",
+    p = _study_parser(sub, "baselines", workers=True,
+                      help="train width/depth/compound/experts baselines of a study",
                        description="Train the study's base network, CondConv off, scaled by "
                        "width, depth, compound (EfficientNet) and uniform expert counts over the "
                        "search's MAdds range, with the study's recipe, split and seeds, into the "
@@ -171,9 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 5)")
     p.add_argument("--seeds", type=int, metavar="N",
                    help="seeds per point (default: the study file's, else 3)")
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the storage")
-    p.add_argument("--workers-per-gpu", type=int, metavar="N",
-                   help="worker processes on each visible GPU when --workers is unset (default 1)")
     p.set_defaults(func=cmd_baselines)
 
     p = _study_parser(sub, "report", help="write the Pareto report (HTML + CSV) of a study")

@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cost import CONVENTION
 from .errors import UserError
-from .spec import ArchSpec, SpecError
+from .nn.cost import CONVENTION
+from .nn.spec import ArchSpec, SpecError
 
 if TYPE_CHECKING:
-    from .config import StudyConfig
-    from .results import StudyResults
+    from .search.config import StudyConfig
 
 __all__ = ["UsageError", "cmd_baselines", "cmd_calibrate", "cmd_confirm", "cmd_cost", "cmd_export",
            "cmd_fidelity", "cmd_latency", "cmd_presets", "cmd_report", "cmd_search", "cmd_studies",
@@ -29,7 +28,7 @@ class UsageError(UserError):
 
 
 def _spec_from_args(args: argparse.Namespace) -> ArchSpec:
-    from .presets import get_preset
+    from .nn.presets import get_preset
 
     spec = get_preset(args.preset) if args.preset else ArchSpec.load(args.arch)
     changes = {}
@@ -53,8 +52,8 @@ def _fmt_count(n: int) -> str:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     """List every preset with its MAdds and params."""
-    from .cost import count_cost
-    from .presets import get_preset, preset_names
+    from .nn.cost import count_cost
+    from .nn.presets import get_preset, preset_names
 
     rows = []
     for name in preset_names():
@@ -79,7 +78,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_cost(args: argparse.Namespace) -> int:
     """MAdds and params of a preset or arch file."""
-    from .cost import count_cost
+    from .nn.cost import count_cost
 
     spec = _spec_from_args(args)
     cost = count_cost(spec)
@@ -101,10 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a preset or arch file on a dataset and report accuracy and speed."""
     import torch
 
-    from .cost import count_cost
-    from .data import load_dataset
-    from .model import build_model
-    from .train import Recipe, check_batch_size, few_steps_note, fit, resolve_device
+    from .nn.cost import count_cost
+    from .nn.model import build_model
+    from .train.data import load_dataset
+    from .train.train import Recipe, check_batch_size, few_steps_note, fit, resolve_device
 
     _positive(args, "train_limit")  # a negative N would slice off the last N images
     device = resolve_device(args.device)
@@ -145,11 +144,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
     """Measured batch-1 latency, large-batch throughput and training images/s, with the twin's."""
     import torch
 
-    from .baselines import static_base
-    from .cost import count_cost
-    from .latency import default_batch, measure_many, table_lines, twin_record
-    from .model import build_model
-    from .train import resolve_device
+    from .nn.cost import count_cost
+    from .nn.latency import default_batch, measure_many, table_lines, twin_record
+    from .nn.model import build_model
+    from .search.baselines import static_base
+    from .train.train import resolve_device
 
     _positive(args, "batch", "threads", "repeats")
     device = resolve_device(args.device)
@@ -181,68 +180,67 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
 
 
+def study_config(args: argparse.Namespace, **changes: Any) -> StudyConfig:
+    """The study file of `args.study` with the command line's overrides: --storage, --workers,
+    --workers-per-gpu where the command has them, and `changes` (None leaves a field as it is)."""
+    from .search.config import load_study_config, with_overrides
+
+    shared = {k: getattr(args, k, None) for k in ("storage", "workers", "workers_per_gpu")}
+    return with_overrides(load_study_config(args.study), **shared, **changes)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _study(args: argparse.Namespace, progress: Callable[[str], None] = _say, **changes: Any):
+    """The front door (api.Study) on the command's study file and overrides."""
+    from .api import Study
+
+    return Study(study_config(args, **changes), progress=progress)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """Run (or resume) a search study, or with --control its random-sampler sibling X.random."""
-    from .study import control_study_config, load_study_config, run_search, with_overrides
-
     if args.control and args.sampler:
         raise UsageError("--control always uses the random sampler; drop --sampler")
     _positive(args, "trials", "workers", "workers_per_gpu")
-    cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
-                         workers_per_gpu=args.workers_per_gpu,
-                         storage=args.storage, sampler=args.sampler,
-                         reproducible=False if args.no_reproducible else None)
-    if args.control:
-        cfg = control_study_config(cfg)
-    return _run_interruptible(lambda: run_search(cfg, print_fn=lambda s: print(s, flush=True)))
+    study = _study(args, trials=args.trials, sampler=args.sampler,
+                   reproducible=False if args.no_reproducible else None)
+    return _run_interruptible(lambda: study.search(control=args.control))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Join a running study (search, its baselines or its confirmation) from this machine."""
-    from .study import join_study, load_study_config, with_overrides
-
     _positive(args, "trials", "workers", "workers_per_gpu")
-    cfg = with_overrides(load_study_config(args.study), trials=args.trials, workers=args.workers,
-                         workers_per_gpu=args.workers_per_gpu,
-                         storage=args.storage)
-    return _run_interruptible(lambda: join_study(cfg, print_fn=lambda s: print(s, flush=True),
-                                                 baseline=args.baselines,
-                                                 confirm=args.confirm,
-                                                 calibrate=args.calibrate))
+    sibling = ("baseline" if args.baselines else "confirm" if args.confirm
+               else "calibrate" if args.calibrate else None)
+    study = _study(args, trials=args.trials)
+    return _run_interruptible(lambda: study.join(sibling=sibling))
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     """Retrain the search's (and control's) front architectures with fresh seeds into X.confirm."""
-    import dataclasses
-
-    from .study import load_study_config, run_confirm, with_overrides
-
     _positive(args, "seeds", "workers", "workers_per_gpu")
-    cfg = with_overrides(load_study_config(args.study), workers=args.workers,
-                         workers_per_gpu=args.workers_per_gpu, storage=args.storage)
-    if args.seeds is not None:
-        if args.seeds < 2:
-            raise UsageError(f"--seeds: must be >= 2 (a mean needs its spread), got {args.seeds}")
-        cfg = dataclasses.replace(cfg, confirm_seeds=args.seeds)
-    return _run_interruptible(lambda: run_confirm(cfg, print_fn=lambda s: print(s, flush=True)))
+    if args.seeds is not None and args.seeds < 2:
+        raise UsageError(f"--seeds: must be >= 2 (a mean needs its spread), got {args.seeds}")
+    study = _study(args)
+    return _run_interruptible(lambda: study.confirm(seeds=args.seeds))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Train the calibration ladder into X.calibrate and recommend the cheapest faithful proxy."""
-    from .calibration import ci_text, seed_line, study_lines, verdict_line
-    from .study import load_study_config, run_calibrate, with_overrides
+    from .analysis.calibration import ci_text, seed_line, study_lines, verdict_line
 
     _positive(args, "workers", "workers_per_gpu")
     if args.archs is not None and args.archs < 4:
         raise UsageError(f"--archs: must be >= 4 (a rank correlation needs them), got {args.archs}")
-    cfg = with_overrides(load_study_config(args.study), workers=args.workers,
-                         workers_per_gpu=args.workers_per_gpu, storage=args.storage)
+    say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else _say
+    study = _study(args, progress=say)
     out: dict[str, Any] = {}
 
     def run() -> None:
-        say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else \
-            (lambda s: print(s, flush=True))
-        out.update(run_calibrate(cfg, args.archs, print_fn=say))
+        out.update(study.calibrate(args.archs))
 
     code = _run_interruptible(run)
     if code:
@@ -282,26 +280,18 @@ def _json_safe(value: Any) -> Any:
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     """Train the width, depth, compound and experts baselines into the sibling study X.baseline."""
-    import dataclasses
-
-    from .baselines import FAMILIES
-    from .study import load_study_config, run_baselines, with_overrides
+    from .search.baselines import FAMILIES
 
     _positive(args, "points", "seeds", "workers", "workers_per_gpu")
-    cfg = with_overrides(load_study_config(args.study), workers=args.workers,
-                         workers_per_gpu=args.workers_per_gpu, storage=args.storage)
-    changes = {"points": args.points, "seeds": args.seeds}
+    families = None
     if args.families:
         families = tuple(f.strip() for f in args.families.split(",") if f.strip())
         bad = [f for f in families if f not in FAMILIES]
         if bad or not families:
             what = f"{bad[0]!r} is not a family" if bad else "names no family"
             raise UsageError(f"--families: {what}; choose from {', '.join(FAMILIES)}")
-        changes["families"] = tuple(dict.fromkeys(families))
-    settings = dataclasses.replace(cfg.baselines,
-                                   **{k: v for k, v in changes.items() if v is not None})
-    cfg = dataclasses.replace(cfg, baselines=settings)
-    return _run_interruptible(lambda: run_baselines(cfg, print_fn=lambda s: print(s, flush=True)))
+    study = _study(args)
+    return _run_interruptible(lambda: study.baselines(families, args.points, args.seeds))
 
 
 def _run_interruptible(run: Callable[[], Any]) -> int:
@@ -315,53 +305,21 @@ def _run_interruptible(run: Callable[[], Any]) -> int:
     return 0
 
 
-def _results(args: argparse.Namespace) -> tuple[StudyConfig, StudyResults]:
-    """The study config (with --storage applied) and its results from storage."""
-    from .config import load_study_config, with_overrides
-    from .results import load_results
-    from .storage import adopt_stored_layout, open_storage
-
-    # A study stored before holdout splits keeps its layout (export --retrain trains on it).
-    cfg = adopt_stored_layout(with_overrides(load_study_config(args.study), storage=args.storage))
-    return cfg, load_results(open_storage(cfg.storage, create=False), cfg.name, cfg.storage)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a study's architecture: arch.json, weights, TorchScript, ONNX, model card."""
-    from .export import check_weights, confirmed_summary, export_trial, parse_pick, pick_trial, retrain_trial
-
     if args.retrain is not None and args.retrain < 1:
         raise UsageError(f"--retrain: must be >= 1 epochs, got {args.retrain}")
-    pick = parse_pick(args.pick)
-    cfg, results = _results(args)
-    row = pick_trial(results, pick)
-    out = Path(args.output) if args.output else Path("exports") / f"{cfg.name}-trial{int(row.number)}"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out}: exists and is not a folder")
     if args.retrain and args.untrained:
         raise UsageError("--untrained and --retrain exclude each other; drop one")
-    if not args.retrain and not args.untrained:
-        check_weights(results, row, cfg.artifacts)
-    conf = confirmed_summary(results, int(row.number))
-    told = (f"confirmed {conf['split']} acc {conf['mean']:.4f} over {conf['seeds']} seeds, "
-            if conf else "")
-    print(f"exporting trial {int(row.number)} of {cfg.name} ({args.pick}): {told}single-run val "
-          f"acc {row.val_acc:.4f}, {int(row.madds):,} MAdds -> {out}", file=sys.stderr)
-    model = retrained = None
-    if args.retrain:
-        model, retrained = retrain_trial(cfg, row, args.retrain, args.device,
-                                         progress=not args.no_progress)
-        print(f"retrained {args.retrain} epochs on {retrained['train_images']} images: val "
-              f"{retrained['val_acc']:.4f}, test {retrained['test_acc']:.4f}", file=sys.stderr)
-    paths = export_trial(results, row, out, artifacts=cfg.artifacts, pick=pick, onnx=args.onnx,
-                         retrained=retrained, model=model, untrained=args.untrained,
-                         latency=not args.no_latency)
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UsageError(f"-o {args.output}: exists and is not a folder")
+    study = _study(args, progress=lambda line: print(line, file=sys.stderr))
+    paths = study.export(args.pick, args.output, onnx=args.onnx, retrain=args.retrain,
+                         device=args.device, untrained=args.untrained,
+                         latency=not args.no_latency, bar=not args.no_progress)
     if args.json:
         print(json.dumps({k: str(v) for k, v in paths.items()}))
     else:
-        if "weights" not in paths:
-            print("note: exported untrained (random weights), as --untrained asked",
-                  file=sys.stderr)
         for k, v in paths.items():
             print(f"{k:>14}: {v}")
     return 0
@@ -369,12 +327,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
     """Retrain front and baseline points longer; Kendall tau of proxy against long-run ranks."""
-    from .calibration import ci_text
-    from .config import load_study_config, with_overrides
-    from .longrun import run_fidelity
+    from .analysis.calibration import ci_text
+    from .search.fidelity import run_fidelity
 
     _positive(args, "top", "epochs")
-    cfg = with_overrides(load_study_config(args.study), storage=args.storage)
+    cfg = study_config(args)
     record = run_fidelity(cfg, args.top, args.epochs, args.device,
                           print_fn=lambda s: print(s, flush=True))
     if args.json:  # NaN (a constant ranking) is not JSON: null
@@ -387,16 +344,17 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a study (search, control, baselines) as HTML plus CSV."""
-    from .report import headline_json, headline_lines, page_headline, write_report
+    from .analysis.report import headline_json, headline_lines
 
-    cfg, results = _results(args)
-    out = Path(args.output) if args.output else Path("reports") / f"{cfg.name}.html"
-    if out.suffix.lower() not in (".html", ".htm"):
+    out = Path(args.output) if args.output else None
+    if out is not None and out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {out}: the report is an HTML file; give a name ending in .html")
-    if out.is_dir():
+    if out is not None and out.is_dir():
         raise UsageError(f"-o {out}: is a folder; give a file name such as {out / out.name}")
-    head = page_headline(results)
-    paths = write_report(results, out, head)
+    study = _study(args)
+    results = study.stored()
+    written = study.report(out, results)
+    paths, head = written.paths, written.headline
     if args.json:
         print(json.dumps({**{k: str(v) for k, v in paths.items()},
                           **headline_json(results, head)}))
@@ -412,7 +370,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_studies(args: argparse.Namespace) -> int:
     """List the studies in a storage with their trial counts by state."""
-    from .study import list_studies
+    from .search.study import list_studies
 
     url = args.storage
     if url is None:

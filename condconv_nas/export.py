@@ -23,20 +23,20 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ._version import __version__
-from .cost import CONVENTION, count_cost
+from .analysis.pareto import front
+from .analysis.results import StudyResults
 from .errors import UserError
-from .pareto import front
-from .record import SEARCH, copy_source
-from .results import StudyResults
-from .space import parse_count
-from .spec import ARCH_FORMAT, ARCH_VERSION, ArchSpec, SpecError, check_arch_header
+from .nn.cost import CONVENTION, count_cost
+from .nn.spec import ARCH_FORMAT, ARCH_VERSION, ArchSpec, SpecError, check_arch_header
+from .search.space import parse_count
+from .store.record import SEARCH, copy_source
 from .textfile import read_text
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .config import StudyConfig
+    from .search.config import StudyConfig
 
 __all__ = ["ExportError", "Pick", "check_weights", "confirmed_summary", "export_trial", "knee_index",
            "load_arch", "parse_pick", "pick_trial", "read_arch", "retrain_trial"]
@@ -154,7 +154,7 @@ def _weights_of(results: StudyResults, row: pd.Series) -> str:
 def retrain_trial(cfg: StudyConfig, row: pd.Series, epochs: int, device: str = "auto",
                   progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Retrain a picked trial's network for `epochs` on the full split; the model and its record."""
-    from .longrun import retrain
+    from .search.fidelity import retrain
 
     spec = ArchSpec.from_dict(json.loads(row.spec), f"trial {int(row.number)}: spec")
     model, result, data = retrain(cfg, spec, epochs, device, eval_test=True, progress=progress)
@@ -190,7 +190,7 @@ def export_trial(results: StudyResults, row: pd.Series, out: str | Path, artifac
     """
     import torch
 
-    from .model import build_model
+    from .nn.model import build_model
 
     artifact = _weights_of(results, row)
     if model is None and not untrained:
@@ -267,9 +267,9 @@ def measure_export(spec: ArchSpec, file: Path, example: torch.Tensor) -> dict[st
 
     import torch
 
-    from .baselines import static_base
-    from .latency import describe_device, time_torchscript
-    from .model import build_model
+    from .nn.latency import describe_device, time_torchscript
+    from .nn.model import build_model
+    from .search.baselines import static_base
 
     shape = tuple(example.shape[1:])
     files = {"model": str(file)}
@@ -289,7 +289,7 @@ def deploy_copy(model: nn.Module, onnx: bool = False) -> nn.Module:
     """A copy whose CondConv layers take the deployment paths (see layers.deploy_path)."""
     import copy
 
-    from .layers import set_deploy_paths
+    from .nn.layers import set_deploy_paths
 
     return set_deploy_paths(copy.deepcopy(model).eval(), onnx)
 
@@ -420,7 +420,7 @@ def load_arch(path: str | Path, weights: bool = True):
     """Rebuild the exported model (eval mode); with `weights`, load its weights.pt."""
     import torch
 
-    from .model import build_model
+    from .nn.model import build_model
 
     record, folder = read_arch(path)
     spec = ArchSpec.from_dict(record["spec"], "spec")

@@ -52,16 +52,16 @@ def run(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     chromium = browser()
 
-    from condconv_nas.config import load_study_config
-    from condconv_nas.report import build_figures, page_headline
-    from condconv_nas.results import load_results
-    from condconv_nas.storage import open_storage
+    from condconv_nas.analysis.report import build_figures, page_headline
+    from condconv_nas.analysis.results import load_results
+    from condconv_nas.search.config import load_study_config
+    from condconv_nas.store.storage import open_storage
 
     cfg = load_study_config(args.study)
     results = load_results(open_storage(cfg.storage), cfg.name, cfg.storage)
     head = page_headline(results)
-    latency = head["latency"]
-    figures = build_figures(results, head["front"], latency["front"] if latency else None)
+    latency = head.latency
+    figures = build_figures(results, head.front, latency.front if latency else None)
     wanted = [k for k in args.only.split(",") if k] or list(figures)
     unknown = sorted(set(wanted) - set(figures))
     if unknown:

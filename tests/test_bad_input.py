@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from condconv_nas.cli import main
-from condconv_nas.study import load_study_config, run_search
+from condconv_nas.search.study import load_study_config, run_search
 
 ROOT = Path(__file__).parent.parent
 TINY = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
@@ -240,7 +240,7 @@ def _special(path: Path, token: str) -> None:
     elif token == "GZ_GARBAGE":
         path.write_bytes(gzip.compress(b"definitely not IDX"))
     else:
-        from condconv_nas.presets import get_preset
+        from condconv_nas.nn.presets import get_preset
 
         spec = get_preset("mobilenet_v2_proxy28").to_dict()
         if token == "EVEN_KERNEL":

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from condconv_nas.baselines import ALPHA, BETA, baseline_grid, search_range, static_base
-from condconv_nas.cost import count_cost
-from condconv_nas.space import load_space
-from condconv_nas.spec import scale_depth, scale_width
+from condconv_nas.nn.cost import count_cost
+from condconv_nas.nn.spec import scale_depth, scale_width
+from condconv_nas.search.baselines import ALPHA, BETA, baseline_grid, search_range, static_base
+from condconv_nas.search.space import load_space
 
 ROOT = Path(__file__).parent.parent
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -86,7 +86,7 @@ def test_unknown_family_is_named():
 
 
 def test_controls_are_matched_within_two_percent_or_bracket_with_nothing_between():
-    from condconv_nas.baselines import matched_controls
+    from condconv_nas.search.baselines import matched_controls
 
     space = load_space(ROOT / "search_spaces" / "fmnist_mbv2.yaml")
     base = static_base(space.base)

@@ -17,20 +17,20 @@ import pytest
 import yaml
 from scipy import stats
 
-from condconv_nas import study as study_module
-from condconv_nas.calibration import (
+from condconv_nas.analysis.calibration import (
     RESAMPLES,
     Calibration,
     bootstrap_taus,
     resample_taus,
-    spread,
     study_lines,
     summarise,
     verdict_line,
 )
 from condconv_nas.cli import main
-from condconv_nas.config import StudyError, load_study_config
-from condconv_nas.storage import open_storage
+from condconv_nas.search import calibration as ladder_module
+from condconv_nas.search.calibration import spread
+from condconv_nas.search.config import StudyError, load_study_config
+from condconv_nas.store.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
 REF = (3, None)  # the reference budget of the summary tests
@@ -317,9 +317,9 @@ def test_a_new_users_npz_set_without_a_calibration_key_resolves_fractions(tmp_pa
         "name": "n", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "npz:npz",
         "val_size": 500, "holdout": "test", "trials": 2, "workers": 1}))
     ran = []
-    monkeypatch.setattr(study_module, "run_workers", lambda cfg, *a, **k: ran.append(cfg.trials))
+    monkeypatch.setattr(ladder_module, "run_workers", lambda cfg, *a, **k: ran.append(cfg.trials))
     cfg = load_study_config(path)
-    summary = study_module.run_calibrate(cfg, print_fn=lambda s: None)
+    summary = ladder_module.run_calibrate(cfg, print_fn=lambda s: None)
     assert summary["train_size"] == 900
     study = optuna.load_study(study_name="n.calibrate", storage=open_storage(cfg.storage))
     stored = study.user_attrs["calibration"]

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from condconv_nas.checkpoint import checkpoint_path, load_checkpoint
-from condconv_nas.data import load_dataset
-from condconv_nas.model import build_model
-from condconv_nas.train import Recipe, fit
+from condconv_nas.nn.model import build_model
+from condconv_nas.train.checkpoint import checkpoint_path, load_checkpoint
+from condconv_nas.train.data import load_dataset
+from condconv_nas.train.train import Recipe, fit
 from tests.test_train import TINY
 
 # Dropout on, so the global random stream (and not only the data generator) must be restored.

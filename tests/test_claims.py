@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from condconv_nas.claims import (
+from condconv_nas.analysis.claims import (
     NO_HOLDOUT,
     Arch,
     apply_holm,
@@ -153,7 +153,7 @@ def _frames(holdout: bool = True, gain: float = 0.0) -> tuple[pd.DataFrame, pd.D
 def test_the_headline_uses_holdout_scores_only():
     finished, confirmed = _frames(gain=0.0)
     head = study_headline(finished, confirmed)
-    claim = head["sources"]["search"]["width"]
+    claim = head.sources["search"]["width"]
     diffs = []  # by hand: per point, the mean over seeds of confirmation minus control
     for i in range(3):
         c = confirmed[confirmed.arch_key == f"s{i}"].holdout_acc.to_numpy()
@@ -162,16 +162,16 @@ def test_the_headline_uses_holdout_scores_only():
     assert claim.gain_mean == pytest.approx(np.mean(diffs))
     assert claim.p_value == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue)
     assert claim.gain_mean < 0.005  # the 0.99 validation accuracies never entered
-    assert head["holdout"] and claim.to_dict()["split"] == "holdout"
+    assert head.holdout and claim.to_dict()["split"] == "holdout"
     assert claim.to_dict()["method"].startswith("paired difference to matched-cost controls")
-    found = study_headline(*_frames(gain=0.05))["sources"]["search"]["width"]
+    found = study_headline(*_frames(gain=0.05)).sources["search"]["width"]
     assert found.significant and found.direction == "gain"
 
 
 def test_a_study_without_holdout_scores_makes_no_claim():
     head = study_headline(*_frames(holdout=False))
-    claim = head["sources"]["search"]["width"]
-    assert claim.reason == NO_HOLDOUT and not claim.significant and not head["holdout"]
+    claim = head.sources["search"]["width"]
+    assert claim.reason == NO_HOLDOUT and not claim.significant and not head.holdout
     assert claim.verdict == f"no claim: {NO_HOLDOUT}"
     assert claim.method == f"no test: {NO_HOLDOUT}" and claim.split is None
 
@@ -206,7 +206,8 @@ def test_simulated_true_gains_are_found():
 
 
 def test_claims_read_controls_with_the_tolerance_confirm_solves_them_to():
-    from condconv_nas import baselines, claims
+    from condconv_nas.analysis import claims
+    from condconv_nas.search import baselines
 
     assert claims.MATCH_TOLERANCE == baselines.MATCH_TOLERANCE
 
@@ -228,9 +229,9 @@ def test_a_bracket_whose_dearer_control_did_worse_claims_neither_way():
 def test_the_random_controls_trials_never_stand_in_for_the_searchs():
     # Trial numbers restart in X.random: its #0-#2 must not be read as the search's #0-#2.
     finished, confirmed = _frames()
-    alone = study_headline(finished, confirmed)["sources"]["search"]["width"]
+    alone = study_headline(finished, confirmed).sources["search"]["width"]
     rand_f = finished[finished.family == "search"].assign(family="random")
     rand_c = confirmed[confirmed.family == "search"].assign(family="random", holdout_acc=0.95)
     both = study_headline(pd.concat([finished, rand_f]), pd.concat([confirmed, rand_c]))
-    assert both["sources"]["search"]["width"].gain_mean == pytest.approx(alone.gain_mean)
-    assert both["sources"]["random"]["width"].gain_mean > 0.1  # the control's own points
+    assert both.sources["search"]["width"].gain_mean == pytest.approx(alone.gain_mean)
+    assert both.sources["random"]["width"].gain_mean > 0.1  # the control's own points

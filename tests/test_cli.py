@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from condconv_nas.cli import main
-from condconv_nas.cost import count_cost
-from condconv_nas.presets import get_preset, preset_names
+from condconv_nas.nn.cost import count_cost
+from condconv_nas.nn.presets import get_preset, preset_names
 
 
 def run(capsys, *argv):
@@ -120,7 +120,7 @@ def test_train_bad_input(extra, needle, capsys, monkeypatch):
 
 
 def test_train_missing_fashion_mnist(capsys, monkeypatch, tmp_path):
-    import condconv_nas.data as D
+    import condconv_nas.train.data as D
 
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     monkeypatch.delenv("CONDCONV_NAS_DATA", raising=False)
@@ -197,7 +197,7 @@ def _stop_a_search(tmp_path, settings: str, stop) -> tuple[list[str], int, str]:
 def _stored_trials(tmp_path) -> list:
     import optuna
 
-    from condconv_nas.study import open_storage
+    from condconv_nas.search.study import open_storage
 
     return optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "s.journal"))
                              ).get_trials()

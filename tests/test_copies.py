@@ -14,12 +14,14 @@ import pytest
 import yaml
 from scipy import stats
 
-from condconv_nas.calibration import seed_agreement
+from condconv_nas.analysis.calibration import seed_agreement
+from condconv_nas.analysis.results import calibration_of
 from condconv_nas.cli import main
-from condconv_nas.config import load_study_config
-from condconv_nas.results import calibration_of
-from condconv_nas.settings import result_settings
-from condconv_nas.storage import open_storage, same_training, study_root
+from condconv_nas.search.config import load_study_config
+from condconv_nas.search.match import result_settings
+from condconv_nas.store.settings import same_training
+from condconv_nas.store.siblings import study_root
+from condconv_nas.store.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
 

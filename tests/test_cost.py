@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from condconv_nas.cost import count_cost, ptflops_cost
-from condconv_nas.model import build_model
-from condconv_nas.presets import get_preset, preset_names
-from condconv_nas.spec import ArchSpec, StageSpec
+from condconv_nas.nn.cost import count_cost, ptflops_cost
+from condconv_nas.nn.model import build_model
+from condconv_nas.nn.presets import get_preset, preset_names
+from condconv_nas.nn.spec import ArchSpec, StageSpec
 
 from .test_spec import random_spec
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from condconv_nas import data as D
-from condconv_nas.data import DataError, augment, load_dataset, normalize
+from condconv_nas.train import data as D
+from condconv_nas.train.data import DataError, augment, load_dataset, normalize
 
 
 def write_idx(path, array: np.ndarray, magic: int, gz: bool = True) -> None:
@@ -202,7 +202,7 @@ def test_a_named_data_dir_is_the_only_place_read(tmp_path, monkeypatch):
 
 
 def test_holdout_is_carved_disjoint_from_validation_and_training():
-    from condconv_nas.data import load_dataset
+    from condconv_nas.train.data import load_dataset
 
     plain = load_dataset("synthetic", val_size=300)
     data = load_dataset("synthetic", val_size=300, holdout="val")
@@ -224,7 +224,7 @@ def test_holdout_is_carved_disjoint_from_validation_and_training():
     ({"val_size": 1000, "holdout": 1000}, "leave none of the 2000 training images"),
 ])
 def test_holdout_bad_sizes_are_one_line_errors(kw, needle):
-    from condconv_nas.data import DataError, load_dataset
+    from condconv_nas.train.data import DataError, load_dataset
 
     with pytest.raises(DataError, match=needle):
         load_dataset("synthetic", **kw)

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from condconv_nas import study as study_mod
+from condconv_nas.analysis.pareto import front
+from condconv_nas.analysis.results import load_results
 from condconv_nas.cli import main
-from condconv_nas.config import load_study_config
-from condconv_nas.pareto import front
-from condconv_nas.record import unpack_bits
-from condconv_nas.results import load_results
-from condconv_nas.storage import open_storage
-from condconv_nas.study import run_baselines, run_confirm, run_search
+from condconv_nas.search import study as study_mod
+from condconv_nas.search.config import load_study_config
+from condconv_nas.search.study import run_baselines, run_confirm, run_search
+from condconv_nas.store.record import unpack_bits
+from condconv_nas.store.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
 
@@ -127,7 +127,7 @@ def test_baselines_span_the_study_budget_and_retry_failed_points(tmp_path, monke
     run_baselines(cfg, print_fn=lambda s: None)
     queued = trials_of(path, "t.baseline")
     madds = [study_mod.ArchSpec.from_dict(t.user_attrs["baseline_spec"]) for t in queued]
-    from condconv_nas.cost import count_cost
+    from condconv_nas.nn.cost import count_cost
 
     top = max(count_cost(s.for_input(1, 16, 4)).madds for s in madds)
     assert top > 6.5e6 and abs(top - 9e6) / 9e6 < 0.1

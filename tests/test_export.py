@@ -15,8 +15,8 @@ import yaml
 import condconv_nas as cn
 from condconv_nas.cli import main
 from condconv_nas.export import ExportError, knee_index, parse_pick
-from condconv_nas.spec import ArchSpec, SpecError
-from condconv_nas.study import load_study_config, open_storage, run_search
+from condconv_nas.nn.spec import ArchSpec, SpecError
+from condconv_nas.search.study import load_study_config, open_storage, run_search
 
 ROOT = Path(__file__).parent.parent
 
@@ -107,8 +107,8 @@ def test_export_round_trip(searched, tmp_path, capsys):
 
 
 def test_reused_trial_exports_the_weights_of_the_trial_it_reused():
+    from condconv_nas.analysis.results import StudyResults
     from condconv_nas.export import _weights_of
-    from condconv_nas.results import StudyResults
 
     t = pd.DataFrame({"family": "search", "number": [3, 7], "reused_from": [float("nan"), 3.0],
                       "weights_artifact": ["art-3", ""]})
@@ -177,7 +177,7 @@ def test_load_arch_without_weights(searched, tmp_path):
 
 
 def test_export_refuses_a_trial_without_weights_unless_asked(searched, tmp_path, capsys):
-    from condconv_nas.record import record_attrs
+    from condconv_nas.store.record import record_attrs
 
     # A study holding one finished trial whose weights were not kept (it was off the front).
     spec = next(t for t in optuna.load_study(
@@ -198,9 +198,9 @@ def test_export_refuses_a_trial_without_weights_unless_asked(searched, tmp_path,
 
 
 def test_exported_weights_reproduce_the_trials_validation_accuracy(searched, tmp_path):
-    from condconv_nas.config import load_study_data
-    from condconv_nas.results import load_results
-    from condconv_nas.train import evaluate
+    from condconv_nas.analysis.results import load_results
+    from condconv_nas.search.config import load_study_data
+    from condconv_nas.train.train import evaluate
 
     cfg = load_study_config(searched)
     out = tmp_path / "best"
@@ -217,7 +217,7 @@ def test_exported_weights_reproduce_the_trials_validation_accuracy(searched, tmp
 def _results_with_confirmations(holdout: bool = True):
     """Three search front points: #2 has the best single run, #1 the best confirmed validation
     mean, #0 the best holdout mean (which the pick must not look at)."""
-    from condconv_nas.results import COLUMNS, StudyResults
+    from condconv_nas.analysis.results import COLUMNS, StudyResults
 
     def frame(rows):
         return pd.DataFrame([{**{c: None for c in COLUMNS}, "state": "COMPLETE", "feasible": True,

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from condconv_nas.config import load_study_config
-from condconv_nas.optuna_internals import record_heartbeat
-from condconv_nas.storage import counted, open_storage, stale_numbers
-from condconv_nas.study import open_study
+from condconv_nas.search.config import load_study_config
+from condconv_nas.search.study import open_study
+from condconv_nas.store.optuna_internals import record_heartbeat
+from condconv_nas.store.storage import counted, open_storage, stale_numbers
 
 ROOT = Path(__file__).parent.parent
 TRIALS = 6
@@ -165,7 +165,7 @@ def test_interrupted_study_resumes(tmp_path, storage_url):
 def test_silent_heartbeat_on_another_machine_is_failed_and_retried(tmp_path):
     # A trial whose worker is on another host cannot be checked by process id: only its
     # heartbeat tells. Once silent past the grace period it is failed, marked stale, and queued.
-    from condconv_nas.storage import reap_stale
+    from condconv_nas.store.storage import reap_stale
 
     path = study_file(tmp_path, _pg_url())
     cfg = load_study_config(path)
@@ -238,7 +238,7 @@ def test_workers_started_together_on_a_fresh_database_all_open_it():
         conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
     fresh = url.rsplit("/", 1)[0] + f"/{name}"
     try:
-        code = f"from condconv_nas.storage import open_storage; open_storage({fresh!r})"
+        code = f"from condconv_nas.store.storage import open_storage; open_storage({fresh!r})"
         procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for _ in range(6)]
         outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -253,7 +253,7 @@ def test_workers_started_together_on_a_fresh_database_all_open_it():
 def test_claims_on_postgresql_hold_one_lock_across_connections():
     import threading
 
-    from condconv_nas.storage import claim_lock
+    from condconv_nas.store.storage import claim_lock
 
     url, times = _pg_url(), {}
     inside = threading.Event()

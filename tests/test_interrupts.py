@@ -9,12 +9,12 @@ from collections.abc import Callable
 import optuna
 import pytest
 
-from condconv_nas.config import load_study_config
-from condconv_nas.data import load_dataset
-from condconv_nas.interrupts import check_interrupt, deferred_interrupt, stop_on_signals
-from condconv_nas.storage import open_storage
-from condconv_nas.train import Recipe, fit
-from condconv_nas.workers import _claim
+from condconv_nas.search.config import load_study_config
+from condconv_nas.search.workers import _claim
+from condconv_nas.store.storage import open_storage
+from condconv_nas.train.data import load_dataset
+from condconv_nas.train.interrupts import check_interrupt, deferred_interrupt, stop_on_signals
+from condconv_nas.train.train import Recipe, fit
 
 from .test_study import write_study
 from .test_train import tiny_model

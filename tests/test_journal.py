@@ -7,7 +7,7 @@ import pytest
 
 from condconv_nas.cli import main
 from condconv_nas.errors import UserError
-from condconv_nas.storage import open_storage
+from condconv_nas.store.storage import open_storage
 
 
 def _journal(path, trials: int = 2) -> bytes:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from condconv_nas.baselines import static_base
 from condconv_nas.cli import main
-from condconv_nas.latency import _percentile, measure, measure_many
-from condconv_nas.model import build_model
-from condconv_nas.presets import get_preset
+from condconv_nas.nn.latency import _percentile, measure, measure_many
+from condconv_nas.nn.model import build_model
+from condconv_nas.nn.presets import get_preset
+from condconv_nas.search.baselines import static_base
 
 SMALL = dict(batch=8, threads=1, rounds=2, per_round=3, warmup=1)
 
@@ -85,7 +85,7 @@ def test_cli_json_gives_the_twin_and_ratios(capsys):
         assert out[key] is not None and out[key] != 0, key
     twin = out["static_twin"]
     spec = get_preset("condconv_efficientnet_b0_4e_proxy28")
-    from condconv_nas.cost import count_cost
+    from condconv_nas.nn.cost import count_cost
 
     assert out["madds"] == count_cost(spec).madds
     assert twin["madds"] == count_cost(static_base(spec)).madds

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from condconv_nas.layers import PATHS, CondConv2d, Router, choose_path
+from condconv_nas.nn.layers import PATHS, CondConv2d, Router, choose_path
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -12,13 +12,13 @@ import yaml
 from optuna.trial import TrialState, create_trial
 from scipy.stats import rankdata
 
-import condconv_nas.workers as workers_module
+import condconv_nas.search.workers as workers_module
 from condconv_nas.cli import main
-from condconv_nas.config import load_study_config
-from condconv_nas.learnfrom import rung_ranks, sampler_trials
-from condconv_nas.multifidelity import MultiFidelity
-from condconv_nas.storage import open_storage
-from condconv_nas.study import run_search
+from condconv_nas.search.config import load_study_config
+from condconv_nas.search.learnfrom import rung_ranks, sampler_trials
+from condconv_nas.search.multifidelity import MultiFidelity
+from condconv_nas.search.study import run_search
+from condconv_nas.store.storage import open_storage
 from tests.test_multifidelity import _study_file
 
 MF = MultiFidelity(1, 9, 3)  # rungs 1, 3, 9: top rung 2

@@ -18,9 +18,9 @@ import torch
 import yaml
 
 import condconv_nas as cn
+from condconv_nas.analysis.results import load_results
 from condconv_nas.cli import main
-from condconv_nas.results import load_results
-from condconv_nas.storage import open_storage
+from condconv_nas.store.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
 LEGACY = Path(__file__).parent / "data" / "legacy"
@@ -105,10 +105,10 @@ def test_legacy_study_exports_its_stored_weights(legacy, tmp_path):
 
 
 def test_legacy_study_keeps_its_split_layout_and_claims_nothing(legacy, capsys):
-    from condconv_nas.claims import NO_HOLDOUT
-    from condconv_nas.config import load_study_config, load_study_data
-    from condconv_nas.data import load_dataset
-    from condconv_nas.storage import adopt_stored_layout
+    from condconv_nas.analysis.claims import NO_HOLDOUT
+    from condconv_nas.search.config import load_study_config, load_study_data
+    from condconv_nas.search.match import adopt_stored_layout
+    from condconv_nas.train.data import load_dataset
 
     cfg = load_study_config(legacy)
     assert cfg.holdout == "carve"  # what a new study would carve

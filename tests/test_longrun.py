@@ -16,12 +16,12 @@ import pytest
 import yaml
 from scipy import stats
 
-from condconv_nas.calibration import RESAMPLES, ci_text
+from condconv_nas.analysis.calibration import RESAMPLES, ci_text
+from condconv_nas.analysis.pareto import front
+from condconv_nas.analysis.results import load_results
 from condconv_nas.cli import main
-from condconv_nas.longrun import fidelity_points, fresh_seed, spread_ranks, verdict
-from condconv_nas.pareto import front
-from condconv_nas.results import load_results
-from condconv_nas.study import load_study_config, open_storage, run_baselines, run_search
+from condconv_nas.search.fidelity import fidelity_points, fresh_seed, spread_ranks, verdict
+from condconv_nas.search.study import load_study_config, open_storage, run_baselines, run_search
 
 ROOT = Path(__file__).parent.parent
 
@@ -164,9 +164,9 @@ def test_fidelity_end_to_end(tmp_path, capsys):
 @pytest.mark.slow  # worker processes start torch: 1.5 min of the default run's 10
 def test_fidelity_runs_in_the_study_workers_as_a_single_process_would(tmp_path, capsys,
                                                                         monkeypatch):
-    from condconv_nas import longrun
-    from condconv_nas.longrun import _key, retrain
-    from condconv_nas.spec import ArchSpec
+    from condconv_nas.nn.spec import ArchSpec
+    from condconv_nas.search import fidelity as longrun
+    from condconv_nas.search.fidelity import _key, retrain
 
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump({

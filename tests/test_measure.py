@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from condconv_nas.claims import study_headline
+from condconv_nas.analysis.claims import study_headline
+from condconv_nas.analysis.pareto import front, latency_axis
+from condconv_nas.analysis.report import axes_agree
+from condconv_nas.analysis.results import load_results
 from condconv_nas.cli import main
-from condconv_nas.config import StudyError, load_study_config
-from condconv_nas.isolation import Isolation
-from condconv_nas.pareto import front, latency_axis
-from condconv_nas.record import TrialRecord
-from condconv_nas.report import axes_agree
-from condconv_nas.results import load_results
-from condconv_nas.storage import open_storage
-from condconv_nas.study import run_baselines, run_confirm, run_search
+from condconv_nas.search.config import StudyError, load_study_config
+from condconv_nas.search.study import run_baselines, run_confirm, run_search
+from condconv_nas.store.record import TrialRecord
+from condconv_nas.store.storage import open_storage
+from condconv_nas.train.isolation import Isolation
 
 ROOT = Path(__file__).parent.parent
 MEASURE = {"device": "cpu", "batch": 1, "threads": 1, "repeats": 1}
@@ -217,8 +217,8 @@ def _claim_frames():
 def test_a_gain_at_matched_madds_can_be_a_loss_at_matched_latency():
     finished, confirmed = _claim_frames()
     head = study_headline(finished, confirmed, (latency_axis(finished), latency_axis(confirmed)))
-    latency = head["latency"]
-    on_madds, on_ms = head["sources"]["search"]["width"], latency["sources"]["search"]["width"]
+    latency = head.latency
+    on_madds, on_ms = head.sources["search"]["width"], latency.sources["search"]["width"]
     assert on_madds.gain_mean == pytest.approx(0.88 - 0.85, abs=1e-9)
     assert on_ms.gain_mean == pytest.approx(0.88 - 0.90, abs=1e-9)
     assert (on_madds.direction, on_ms.direction) == ("gain", "loss")
@@ -278,7 +278,7 @@ def test_latency_claims_compare_only_points_inside_the_controls_latency_span():
     finished = pd.concat([finished, pd.DataFrame([slow])], ignore_index=True)
     confirmed = pd.concat([confirmed, pd.DataFrame(runs)], ignore_index=True)
     head = study_headline(finished, confirmed, (latency_axis(finished), latency_axis(confirmed)))
-    on_ms = head["latency"]["sources"]["search"]["width"]
-    assert any(p["number"] == 103 for p in head["latency"]["front"]["search"])
+    on_ms = head.latency.sources["search"]["width"]
+    assert any(p["number"] == 103 for p in head.latency.front["search"])
     assert on_ms.reason == "" and on_ms.points == 3  # the three points the controls span
     assert on_ms.gain_mean == pytest.approx(0.88 - 0.90, abs=1e-9) and on_ms.significant

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from condconv_nas.layers import CondConv2d, Router
-from condconv_nas.model import MBConvBlock, build_model
-from condconv_nas.presets import get_preset, preset_names
+from condconv_nas.nn.layers import CondConv2d, Router
+from condconv_nas.nn.model import MBConvBlock, build_model
+from condconv_nas.nn.presets import get_preset, preset_names
 
 
 @pytest.mark.parametrize("name", [n for n in preset_names() if "proxy" in n])

@@ -19,17 +19,17 @@ import yaml
 from optuna.trial import TrialState
 
 from condconv_nas.cli import main
-from condconv_nas.config import StudyError, load_study_config
-from condconv_nas.multifidelity import (
+from condconv_nas.search.config import StudyError, load_study_config
+from condconv_nas.search.multifidelity import (
     MultiFidelity,
     crowding_distances,
     nondominated_ranks,
     promotion_order,
     to_promote,
 )
-from condconv_nas.storage import counted, open_storage, stale_numbers
-from condconv_nas.study import open_study, run_search
-from condconv_nas.workers import _promotions
+from condconv_nas.search.study import open_study, run_search
+from condconv_nas.search.workers import _promotions
+from condconv_nas.store.storage import counted, open_storage, stale_numbers
 from tests.test_faults import _gave_up, finish, storage_url, workers  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).parent.parent
@@ -145,7 +145,7 @@ def test_search_promotes_and_reports_the_top_rung_only(tmp_path):
     run_search(cfg, print_fn=lines.append)
     trials = check_rungs(path)
     assert any("rung 1 (2 ep, from #" in line for line in lines)
-    from condconv_nas.results import load_results
+    from condconv_nas.analysis.results import load_results
 
     res = load_results(open_storage(cfg.storage), cfg.name)
     assert res.top_rung == 1 and set(res.finished.rung) == {1}

@@ -1,6 +1,6 @@
 """Pareto front on hand-made sets whose answers are known."""
 
-from condconv_nas.pareto import pareto_front
+from condconv_nas.analysis.pareto import pareto_front
 
 
 def test_front_by_hand():
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from condconv_nas.pareto import (  # noqa: E402
+from condconv_nas.analysis.pareto import (  # noqa: E402
     Normalisation,
     front,
     gain_at_matched_madds,
@@ -165,7 +165,7 @@ def test_summary_rows_and_gains():
 
 # --- Kendall tau -----------------------------------------------------------------------------------
 
-from condconv_nas.pareto import kendall_tau  # noqa: E402
+from condconv_nas.analysis.pareto import kendall_tau  # noqa: E402
 
 
 def test_kendall_tau_by_hand():

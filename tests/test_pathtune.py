@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from condconv_nas import pathtune
-from condconv_nas.layers import CondConv2d
+from condconv_nas.nn import pathtune
+from condconv_nas.nn.layers import CondConv2d
 
 
 @pytest.fixture

@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from condconv_nas.baselines import baseline_grid
+from condconv_nas.analysis.report import ReportError, build_figures, render_html, write_report
+from condconv_nas.analysis.results import experts_by_block, load_results
 from condconv_nas.cli import main
-from condconv_nas.cost import count_cost
-from condconv_nas.record import record_attrs, write_record
-from condconv_nas.report import ReportError, build_figures, render_html, write_report
-from condconv_nas.results import experts_by_block, load_results
-from condconv_nas.space import load_space
-from condconv_nas.storage import open_storage
+from condconv_nas.nn.cost import count_cost
+from condconv_nas.search.baselines import baseline_grid
+from condconv_nas.search.space import load_space
+from condconv_nas.store.record import record_attrs, write_record
+from condconv_nas.store.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
 TINY = ROOT / "search_spaces" / "tiny.yaml"
@@ -144,7 +144,7 @@ def test_placement_heatmap_holds_the_front_expert_counts(tmp_path):
     fig = build_figures(res)["placement"]
     heat = fig.data[0]
     done = res.finished
-    from condconv_nas.pareto import front
+    from condconv_nas.analysis.pareto import front
 
     f = front(done[done.family == "search"])
     assert len(heat.x) == len(f)
@@ -158,7 +158,7 @@ def test_placement_heatmap_holds_the_front_expert_counts(tmp_path):
 def test_write_report_files_and_csvs(tmp_path):
     study_file = fake_study(tmp_path)
     out = tmp_path / "out" / "fake.html"
-    paths = write_report(results_of(study_file), out)
+    paths = write_report(results_of(study_file), out).paths
     assert out.exists() and paths["trials_csv"].exists() and paths["fronts_csv"].exists()
     trials = pd.read_csv(paths["trials_csv"])
     assert len(trials) == 14 + len(baseline_grid(load_space(TINY), points=3)) * 2
@@ -223,7 +223,7 @@ def test_page_renders_headless_without_console_errors(tmp_path, latency):
     assert browser, "CONDCONV_NAS_REQUIRE_CHROMIUM is set but no chromium is on PATH"
     res = results_of(fake_study(tmp_path, random=True, latency=latency))
     assert ("latency" in build_figures(res)) == latency
-    paths = write_report(res, tmp_path / "page.html")
+    paths = write_report(res, tmp_path / "page.html").paths
     page = paths["html"].read_text()
     # A listener placed first in <head> records every error the page raises while it renders.
     probe = tmp_path / "probe.html"

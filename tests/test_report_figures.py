@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from condconv_nas import pareto
-from condconv_nas.figures import (
+from condconv_nas.analysis import pareto
+from condconv_nas.analysis.figures import (
     COLORS,
     FAMILY_LABELS,
     Curve,
@@ -27,7 +27,7 @@ from condconv_nas.figures import (
     pareto_plot,
     placement_info,
 )
-from condconv_nas.results import experts_by_block
+from condconv_nas.analysis.results import experts_by_block
 from tests.test_report import fake_study, results_of
 
 BASELINES = ["width", "depth", "compound", "experts"]  # the order the figures show them in
@@ -234,7 +234,7 @@ def test_an_unknown_family_is_kept_out_of_pareto_and_edf_but_not_hypervolume(res
     (0.62, 0.1, ["params alone (0.10)", "MAdds alone (0.62), tau wanted (0.7)"]),
 ])
 def test_calibration_lines_never_stack_their_labels(madds, params, labels):
-    from condconv_nas.figures import CalibrationInfo, calibration_plot
+    from condconv_nas.analysis.figures import CalibrationInfo, calibration_plot
 
     fig = calibration_plot(CalibrationInfo(("1 ep x 2000",), (25.0,), (0.1,), madds, params, 0.7,
                                            None))

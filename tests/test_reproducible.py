@@ -15,16 +15,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from condconv_nas.record import TrialRecord
-from condconv_nas.reproducible import (
-    ReproducibleSampler,
-    SearchOrder,
-    next_slot,
-    slot_trials,
-    stored_order,
-)
-from condconv_nas.samplers import make_sampler
-from condconv_nas.storage import open_storage
+from condconv_nas.search.reproducible import ReproducibleSampler, next_slot, slot_trials
+from condconv_nas.search.samplers import make_sampler
+from condconv_nas.store.order import SearchOrder, stored_order
+from condconv_nas.store.record import TrialRecord
+from condconv_nas.store.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
 
@@ -122,9 +117,9 @@ def _cli(*args: str) -> subprocess.Popen:
 
 def _create(path: Path) -> None:
     """The study as `search` creates it (its order stored), without running a trial."""
-    from condconv_nas.config import load_study_config
-    from condconv_nas.reproducible import settle_order
-    from condconv_nas.study import open_study
+    from condconv_nas.search.config import load_study_config
+    from condconv_nas.search.reproducible import settle_order
+    from condconv_nas.search.study import open_study
 
     cfg = load_study_config(path)
     settle_order(open_study(cfg, "search"), cfg.reproducible, cfg.workers, cfg.storage)
@@ -222,9 +217,9 @@ def test_same_file_same_trials_under_delay_join_and_interruption(tmp_path, extra
 
 
 def test_opting_out_is_recorded_and_a_study_keeps_its_order(tmp_path, capsys):
-    from condconv_nas.config import load_study_config
-    from condconv_nas.reproducible import settle_order
-    from condconv_nas.study import open_study
+    from condconv_nas.search.config import load_study_config
+    from condconv_nas.search.reproducible import settle_order
+    from condconv_nas.search.study import open_study
 
     cfg = load_study_config(_study(tmp_path, reproducible=False))
     study = open_study(cfg, "search")
@@ -240,7 +235,7 @@ def test_opting_out_is_recorded_and_a_study_keeps_its_order(tmp_path, capsys):
 
 def test_a_reproducible_search_refuses_a_storage_without_claim_locks(tmp_path):
     from condconv_nas.errors import UserError
-    from condconv_nas.reproducible import settle_order
+    from condconv_nas.search.reproducible import settle_order
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     with pytest.raises(UserError, match="reproducible: false"):

@@ -7,10 +7,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from condconv_nas.cost import count_cost
-from condconv_nas.presets import get_preset
-from condconv_nas.space import SpaceError, load_space, parse_count, space_from_dict
-from condconv_nas.spec import make_divisible
+from condconv_nas.nn.cost import count_cost
+from condconv_nas.nn.presets import get_preset
+from condconv_nas.nn.spec import make_divisible
+from condconv_nas.search.space import SpaceError, load_space, parse_count, space_from_dict
 
 SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 optuna.logging.set_verbosity(optuna.logging.WARNING)

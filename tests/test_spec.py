@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from condconv_nas.presets import get_preset, preset_names
-from condconv_nas.spec import ArchSpec, SpecError, StageSpec, make_divisible, scale_depth
+from condconv_nas.nn.presets import get_preset, preset_names
+from condconv_nas.nn.spec import ArchSpec, SpecError, StageSpec, make_divisible, scale_depth
 
 
 @pytest.mark.parametrize("name", preset_names())

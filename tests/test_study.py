@@ -11,12 +11,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from condconv_nas.config import PrunerConfig, StudyError, baseline_study_config, load_study_config
 from condconv_nas.errors import UserError
-from condconv_nas.objective import should_prune
-from condconv_nas.space import SpaceError
-from condconv_nas.storage import StorageError, open_storage, reap_stale
-from condconv_nas.study import run_baselines, run_search
+from condconv_nas.search.config import PrunerConfig, StudyError, baseline_study_config, load_study_config
+from condconv_nas.search.objective import should_prune
+from condconv_nas.search.space import SpaceError
+from condconv_nas.search.study import run_baselines, run_search
+from condconv_nas.store.storage import StorageError, open_storage, reap_stale
 
 ROOT = Path(__file__).parent.parent
 
@@ -103,7 +103,7 @@ def test_stale_running_trial_is_failed_and_queued_once(tmp_path):
 
 
 def test_failing_trial_keeps_its_reason_and_the_study_goes_on(tmp_path, monkeypatch):
-    import condconv_nas.train as train
+    import condconv_nas.train.train as train
 
     errors = iter([train.NonFiniteLossError(1, 3), RuntimeError("CUDA out of memory")])
 
@@ -203,8 +203,8 @@ def test_every_shipped_study_file_loads(path):
 
 def test_split_once_tpe_samples_what_plain_tpe_samples():
     # The reference is Optuna's own TPE with the same seed on the conditional quickstart space.
-    from condconv_nas.samplers import SplitOnceTPESampler
-    from condconv_nas.space import load_space
+    from condconv_nas.search.samplers import SplitOnceTPESampler
+    from condconv_nas.search.space import load_space
 
     space = load_space(ROOT / "search_spaces" / "fmnist_mbv2.yaml")
     kw = {"multivariate": True, "group": True, "seed": 3, "n_startup_trials": 5}
@@ -224,7 +224,7 @@ def test_split_once_tpe_samples_what_plain_tpe_samples():
 
 
 def test_baselines_are_tagged_seeded_shared_and_resumable(tmp_path):
-    from condconv_nas.baselines import baseline_grid
+    from condconv_nas.search.baselines import baseline_grid
 
     path = write_study(tmp_path, recipe={"epochs": 1, "batch_size": 64, "lr": 0.2}, train_limit=600,
                        baselines={"families": ["width", "experts"], "points": 1, "seeds": 2})
@@ -293,7 +293,7 @@ def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch
 
     import torch
 
-    from condconv_nas.workers import worker_envs
+    from condconv_nas.search.workers import worker_envs
 
     cfg = dataclasses.replace(load_study_config(write_study(tmp_path)), workers=3, device="auto")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -306,7 +306,7 @@ def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert all("OMP_NUM_THREADS" in e for e in worker_envs(cpu))
     # Workers left unset: one per visible GPU, else one; a number given is kept.
-    from condconv_nas.workers import resolve_workers
+    from condconv_nas.search.workers import resolve_workers
 
     unset = load_study_config(write_study(tmp_path))
     assert unset.workers == 0 and resolve_workers(unset).workers == 2
@@ -324,7 +324,7 @@ def test_several_workers_per_gpu_are_pinned_evenly_with_their_share_of_threads(t
     import torch
 
     from condconv_nas.cli import main
-    from condconv_nas.workers import resolve_workers, worker_envs
+    from condconv_nas.search.workers import resolve_workers, worker_envs
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     cfg = load_study_config(write_study(tmp_path, workers_per_gpu=3))
@@ -356,7 +356,7 @@ def test_resumed_study_draws_new_samples(tmp_path):
 def test_interrupt_while_claiming_gives_the_trial_back(tmp_path, monkeypatch, ctrl_c_heeded):
     import signal as sig
 
-    from condconv_nas.workers import _claim
+    from condconv_nas.search.workers import _claim
 
     cfg = load_study_config(write_study(tmp_path, trials=3))
     study = optuna.create_study(study_name="t", storage=open_storage(cfg.storage),
@@ -376,7 +376,7 @@ def test_interrupt_while_claiming_gives_the_trial_back(tmp_path, monkeypatch, ct
 
 
 def test_over_budget_claim_gives_itself_up():
-    from condconv_nas.workers import _over_budget
+    from condconv_nas.search.workers import _over_budget
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     for _ in range(3):
@@ -403,7 +403,7 @@ def test_pruner_ignores_repeats_of_one_architecture(tmp_path):
 def test_opening_a_fresh_database_beside_other_processes_retries_the_table_race(monkeypatch):
     import optuna
 
-    from condconv_nas import storage as storage_mod
+    from condconv_nas.store import storage as storage_mod
 
     calls: list[str] = []
 

@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
-from condconv_nas.data import load_dataset
-from condconv_nas.model import build_model
-from condconv_nas.spec import ArchSpec, StageSpec
-from condconv_nas.train import (
+from condconv_nas.nn.model import build_model
+from condconv_nas.nn.spec import ArchSpec, StageSpec
+from condconv_nas.train.data import load_dataset
+from condconv_nas.train.train import (
     NonFiniteLossError,
     Recipe,
     RecipeError,
@@ -104,7 +104,7 @@ def test_a_compiler_failure_falls_back_to_eager_and_keeps_the_run(synthetic, mon
 
 
 def test_execution_fields_may_change_when_a_study_resumes():
-    from condconv_nas.settings import settings_differ
+    from condconv_nas.store.settings import settings_differ
 
     stored = {"recipe": {"compile": False, "lr": 0.4}}
     assert settings_differ(stored, {"recipe": {"compile": None, "lr": 0.4}}) == []
@@ -196,7 +196,7 @@ FMNIST = os.path.isfile("/usr/share/datasets/fashion-mnist/train-images-idx3-uby
 @pytest.mark.skipif(not FMNIST and not os.environ.get("CONDCONV_NAS_REQUIRE_FMNIST"),
                     reason="dataset-fashion-mnist not installed (CI installs it)")
 def test_fashion_mnist_one_epoch_on_5k_far_above_chance():
-    from condconv_nas.presets import get_preset
+    from condconv_nas.nn.presets import get_preset
 
     data = load_dataset("fashion-mnist", train_limit=5000, val_size=2000)
     torch.manual_seed(0)

@@ -1,0 +1,1 @@
+"""Reading stored studies: results frames, fronts, claims, calibration summaries, figures, the report."""

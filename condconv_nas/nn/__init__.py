@@ -1,0 +1,1 @@
+"""Networks: architecture specs, presets, conditional layers, path tuning, model builder, cost, latency."""

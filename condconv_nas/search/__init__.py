@@ -1,0 +1,1 @@
+"""Running studies: study files, the space, samplers, one trial, workers, baselines, confirmation, ladders."""

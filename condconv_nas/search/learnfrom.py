@@ -1,0 +1,52 @@
+"""What a multi-fidelity search's sampler learns from: all rungs, the top rung, or rung ranks.
+
+A 1-epoch accuracy and a 9-epoch one are not the same quantity: fed to the sampler side by side,
+"good" is confounded with how long a run trained. `learn_from` in the study's `multifidelity`
+block chooses the sampler's view of the finished runs (the promotion rule, fronts and claims
+never change): `all` as stored; `top` only top-rung runs (and over-budget samples, which trained
+nothing at any rung); `ranks` every run with its accuracy replaced by its mid-rank among the
+finished runs of its own rung, a share in (0, 1), so that rungs speak one scale. MAdds stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from optuna.trial import FrozenTrial, TrialState
+
+from ..store.record import TrialRecord
+from .multifidelity import MultiFidelity
+
+__all__ = ["rung_ranks", "sampler_trials"]
+
+
+def rung_ranks(accuracies: Sequence[float]) -> list[float]:
+    """Each accuracy's mid-rank share among all of them: (below + half of the equal) / n."""
+    n = len(accuracies)
+    return [(sum(b < a for b in accuracies) + 0.5 * sum(b == a for b in accuracies)) / n
+            for a in accuracies]
+
+
+def sampler_trials(trials: Sequence[FrozenTrial], mf: MultiFidelity | None) -> list[FrozenTrial]:
+    """The trials the sampler is shown (copies where a value changes; the stored ones are kept)."""
+    if mf is None or mf.learn_from == "all":
+        return list(trials)
+    records = [TrialRecord.of(t.user_attrs) for t in trials]
+    trained = [t.state == TrialState.COMPLETE and not r.infeasible and t.values is not None
+               for t, r in zip(trials, records)]
+    if mf.learn_from == "top":  # unfinished trials stay: samplers may read running ones
+        return [t for t, r, done in zip(trials, records, trained)
+                if not (done or t.state == TrialState.PRUNED) or r.rung == mf.top]
+    share: dict[int, float] = {}
+    for rung in range(mf.top + 1):
+        members = [i for i, r in enumerate(records) if trained[i] and r.rung == rung]
+        share.update(zip(members, rung_ranks([trials[i].values[0] for i in members])))
+    out = []
+    for i, t in enumerate(trials):
+        if i in share:
+            c = FrozenTrial.__new__(FrozenTrial)
+            c.__dict__.update(t.__dict__)
+            c._values = [share[i], *t.values[1:]]
+            t = c
+        out.append(t)
+    return out

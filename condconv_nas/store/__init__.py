@@ -1,0 +1,1 @@
+"""What a study stores: storages, journal checks, the trial record, stored settings, Optuna's internals."""
