@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install bench clean
+.PHONY: demo test test-slow docs install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,onnx,postgres]'
+	$(PY) -m pip install -q -e '.[dev,onnx,postgres,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,6 +43,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict turns every warning (a broken
+# link, a public definition without a docstring) into a failure.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site
 
 bench: $(STAMP)
 	$(PY) bench/condconv_layer.py

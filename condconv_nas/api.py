@@ -194,7 +194,7 @@ class Study:
     def headline(self) -> Headline:
         """The page's claims, typed (analysis.claims.Headline): per front and family a Claim
         with its method, split, interval and Holm p; the latency axis beside when measured."""
-        from .analysis.report import page_headline
+        from .analysis.headline import page_headline
 
         return page_headline(self.stored())
 

@@ -344,7 +344,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a study (search, control, baselines) as HTML plus CSV."""
-    from .analysis.report import headline_json, headline_lines
+    from .analysis.headline import headline_json, headline_lines
 
     out = Path(args.output) if args.output else None
     if out is not None and out.suffix.lower() not in (".html", ".htm"):

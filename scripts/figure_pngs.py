@@ -52,7 +52,8 @@ def run(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     chromium = browser()
 
-    from condconv_nas.analysis.report import build_figures, page_headline
+    from condconv_nas.analysis.headline import page_headline
+    from condconv_nas.analysis.report import build_figures
     from condconv_nas.analysis.results import load_results
     from condconv_nas.search.config import load_study_config
     from condconv_nas.store.storage import open_storage

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from condconv_nas.analysis.claims import study_headline
+from condconv_nas.analysis.headline import axes_agree
 from condconv_nas.analysis.pareto import front, latency_axis
-from condconv_nas.analysis.report import axes_agree
 from condconv_nas.analysis.results import load_results
 from condconv_nas.cli import main
 from condconv_nas.search.config import StudyError, load_study_config

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["HEARTBEAT", "OBJECTIVES", "SAMPLERS", "BaselineSettings", "MeasureSettings",
            "PrunerConfig", "StudyConfig", "StudyError",
            "baseline_study_config", "calibrate_study_config", "confirm_study_config", "control_study_config",
-           "load_study_config", "load_study_data", "manifest", "preprocess_of", "study_config_of",
+           "load_study_config", "load_study_data", "preprocess_of", "study_config_of",
            "with_overrides"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -439,20 +439,3 @@ def calibrate_study_config(cfg: StudyConfig) -> StudyConfig:
 def control_study_config(cfg: StudyConfig) -> StudyConfig:
     """The sibling study `X.random`: the same search with the random sampler, the control."""
     return dataclasses.replace(cfg, name=Sibling.RANDOM.of(cfg.name), sampler="random")
-
-
-def manifest(cfg: StudyConfig) -> dict[str, Any]:
-    """What a reader of the study needs to know about how it ran (JSON-safe)."""
-    return {"study_file": cfg.path, "space": cfg.space.source, "base": cfg.space.base.name,
-            "dataset": cfg.dataset, "train_limit": cfg.train_limit, "val_size": cfg.val_size,
-            "split_seed": cfg.seed, "seed": cfg.seed, "sampler": cfg.sampler,
-            "budget_madds": cfg.budget_madds, "recipe": dataclasses.asdict(cfg.recipe),
-            "trials": cfg.trials, "pruner": dataclasses.asdict(cfg.pruner) if cfg.pruner else None,
-            "baselines": dataclasses.asdict(cfg.baselines), "artifacts": cfg.artifacts,
-            "multifidelity": ({**dataclasses.asdict(cfg.multifidelity),
-                               "rungs": list(cfg.multifidelity.rungs)}
-                              if cfg.multifidelity else None),
-            "measure": dataclasses.asdict(cfg.measure) if cfg.measure else None,
-            "objective": cfg.objective,
-            "holdout": (None if cfg.holdout is None else
-                        {"split": cfg.holdout, "size": cfg.holdout_size})}

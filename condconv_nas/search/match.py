@@ -1,9 +1,10 @@
 """Whether a stored study matches a study file: the one home of that question.
 
 `result_settings` is what a study stores of its file (the settings that change a trained
-result); `check_settings` refuses to resume a study stored under others, so results trained
-differently never mix in one study; `adopt_stored_layout` keeps a study stored before holdout
-splits on its own split layout. The field-by-field comparison is store/settings.py's. Torch-free.
+result) and `manifest` what a reader needs to know of how it ran; `check_settings` refuses to
+resume a study stored under other settings, so results trained differently never mix in one
+study; `adopt_stored_layout` keeps a study stored before holdout splits on its own split layout.
+The field-by-field comparison is store/settings.py's. Torch-free.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from .config import StudyConfig
 
-__all__ = ["adopt_stored_layout", "check_settings", "result_settings"]
+__all__ = ["adopt_stored_layout", "check_settings", "manifest", "result_settings"]
 
 
 def result_settings(cfg: StudyConfig) -> dict[str, Any]:
@@ -51,6 +52,23 @@ def result_settings(cfg: StudyConfig) -> dict[str, Any]:
 
 
 # Keys whose absence means something: a study without `holdout` trained on a layout without one.
+
+
+def manifest(cfg: StudyConfig) -> dict[str, Any]:
+    """What a reader of the study needs to know about how it ran (JSON-safe)."""
+    return {"study_file": cfg.path, "space": cfg.space.source, "base": cfg.space.base.name,
+            "dataset": cfg.dataset, "train_limit": cfg.train_limit, "val_size": cfg.val_size,
+            "split_seed": cfg.seed, "seed": cfg.seed, "sampler": cfg.sampler,
+            "budget_madds": cfg.budget_madds, "recipe": dataclasses.asdict(cfg.recipe),
+            "trials": cfg.trials, "pruner": dataclasses.asdict(cfg.pruner) if cfg.pruner else None,
+            "baselines": dataclasses.asdict(cfg.baselines), "artifacts": cfg.artifacts,
+            "multifidelity": ({**dataclasses.asdict(cfg.multifidelity),
+                               "rungs": list(cfg.multifidelity.rungs)}
+                              if cfg.multifidelity else None),
+            "measure": dataclasses.asdict(cfg.measure) if cfg.measure else None,
+            "objective": cfg.objective,
+            "holdout": (None if cfg.holdout is None else
+                        {"split": cfg.holdout, "size": cfg.holdout_size})}
 
 
 def check_settings(cfg: StudyConfig, study: optuna.Study, now: dict) -> None:

@@ -38,9 +38,11 @@ class SpaceError(UserError, ValueError):
 class TrialLike(Protocol):
     """The part of optuna.Trial that sampling needs (FixedTrial and tests provide it too)."""
 
-    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        """One of `choices` for the parameter `name`."""
 
-    def suggest_int(self, name: str, low: int, high: int) -> int: ...
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        """An integer in [low, high] for the parameter `name`."""
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,9 @@ from .config import (
     control_study_config,
     load_study_config,
     load_study_data,
-    manifest,
     with_overrides,
 )
-from .match import adopt_stored_layout, check_settings, result_settings
+from .match import adopt_stored_layout, check_settings, manifest, result_settings
 from .reproducible import settle_order
 from .workers import pending_promotion, resolve_workers, run_workers
 
