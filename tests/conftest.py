@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).parent.parent  # the checkout: studies/, search_spaces/, docs/
 
 # Paths by the fitted rule, not by timing, so that every run of a test computes the same thing
 # (tests of the tuner turn it on for themselves); subprocesses inherit this.

@@ -19,8 +19,7 @@ import condconv_nas as cn
 from condconv_nas.cli import main
 from condconv_nas.search.config import load_study_config
 from condconv_nas.store.storage import open_storage
-
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
 
 
 def _data(tmp_path: Path, name: str) -> dict:

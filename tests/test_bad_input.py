@@ -16,8 +16,8 @@ import yaml
 
 from condconv_nas.cli import main
 from condconv_nas.search.study import load_study_config, run_search
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).parent.parent
 TINY = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
 STUDY = {"name": "good", "space": "space.yaml", "dataset": "synthetic",
          "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 2, "seed": 0,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ from condconv_nas.nn.cost import count_cost
 from condconv_nas.nn.spec import scale_depth, scale_width
 from condconv_nas.search.baselines import ALPHA, BETA, baseline_grid, search_range, static_base
 from condconv_nas.search.space import load_space
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).parent.parent
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 

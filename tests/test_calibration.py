@@ -31,8 +31,8 @@ from condconv_nas.search import calibration as ladder_module
 from condconv_nas.search.calibration import spread
 from condconv_nas.search.config import StudyError, load_study_config
 from condconv_nas.store.storage import open_storage
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).parent.parent
 REF = (3, None)  # the reference budget of the summary tests
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,8 +22,7 @@ from condconv_nas.analysis.claims import (
     pair,
     study_headline,
 )
-
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
 
 
 def arch(key: str, cost: float, accs: list[float]) -> Arch:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from condconv_nas.cli import main
 from condconv_nas.nn.cost import count_cost
 from condconv_nas.nn.presets import get_preset, preset_names
+from tests.conftest import ROOT
 
 
 def run(capsys, *argv):
@@ -141,7 +141,7 @@ def test_train_cuda_without_gpu(capsys):
 
 def test_search_then_studies(tmp_path, capsys):
     study = tmp_path / "s.yaml"
-    space = Path(__file__).parent.parent / "search_spaces" / "tiny.yaml"
+    space = ROOT / "search_spaces" / "tiny.yaml"
     study.write_text(f"name: s\nspace: {space}\ndataset: synthetic\ntrials: 2\n"
                      "recipe: {epochs: 1, batch_size: 64}\n")
     code, out, _ = run(capsys, "search", str(study))
@@ -160,7 +160,7 @@ def test_search_then_studies(tmp_path, capsys):
     ("name: s\nspace: SPACE\ndataset: synthetic\ntrials: 2\n", ["--trials", "0"], "--trials"),
 ])
 def test_search_bad_input(tmp_path, capsys, content, extra, needle):
-    space = Path(__file__).parent.parent / "search_spaces" / "tiny.yaml"
+    space = ROOT / "search_spaces" / "tiny.yaml"
     study = tmp_path / "s.yaml"
     study.write_text(content.replace("SPACE", str(space)))
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -175,7 +175,7 @@ def _stop_a_search(tmp_path, settings: str, stop) -> tuple[list[str], int, str]:
     import signal
     import time
 
-    space = Path(__file__).parent.parent / "search_spaces" / "tiny.yaml"
+    space = ROOT / "search_spaces" / "tiny.yaml"
     study = tmp_path / "s.yaml"
     study.write_text(f"name: s\nspace: {space}\ndataset: synthetic\n{settings}"
                      "train_limit: 1000\nrecipe: {epochs: 4, batch_size: 64}\n")

@@ -22,8 +22,7 @@ from condconv_nas.search.match import result_settings
 from condconv_nas.store.settings import same_training
 from condconv_nas.store.siblings import study_root
 from condconv_nas.store.storage import open_storage
-
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
 
 
 def _config(tmp_path: Path, name: str, **kw) -> Path:

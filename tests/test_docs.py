@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
+
 HOOKS = ROOT / "docs" / "hooks" / "build.py"
 
 

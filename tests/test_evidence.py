@@ -18,8 +18,7 @@ from condconv_nas.search.config import load_study_config
 from condconv_nas.search.study import run_baselines, run_confirm, run_search
 from condconv_nas.store.record import unpack_bits
 from condconv_nas.store.storage import open_storage
-
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
 
 
 def write_study(tmp_path: Path, **kw) -> Path:

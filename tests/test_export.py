@@ -17,8 +17,7 @@ from condconv_nas.cli import main
 from condconv_nas.export import ExportError, knee_index, parse_pick
 from condconv_nas.nn.spec import ArchSpec, SpecError
 from condconv_nas.search.study import load_study_config, open_storage, run_search
-
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")

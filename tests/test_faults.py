@@ -21,8 +21,8 @@ from condconv_nas.search.config import load_study_config
 from condconv_nas.search.study import open_study
 from condconv_nas.store.optuna_internals import record_heartbeat
 from condconv_nas.store.storage import counted, open_storage, stale_numbers
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).parent.parent
 TRIALS = 6
 
 

@@ -21,8 +21,8 @@ import condconv_nas as cn
 from condconv_nas.analysis.results import load_results
 from condconv_nas.cli import main
 from condconv_nas.store.storage import open_storage
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).parent.parent
 LEGACY = Path(__file__).parent / "data" / "legacy"
 
 

@@ -22,8 +22,7 @@ from condconv_nas.analysis.results import load_results
 from condconv_nas.cli import main
 from condconv_nas.search.fidelity import fidelity_points, fresh_seed, spread_ranks, verdict
 from condconv_nas.search.study import load_study_config, open_storage, run_baselines, run_search
-
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
 
 
 def test_spread_ranks_span_madds_and_accuracy_within_madds():

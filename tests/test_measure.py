@@ -23,8 +23,8 @@ from condconv_nas.search.study import run_baselines, run_confirm, run_search
 from condconv_nas.store.record import TrialRecord
 from condconv_nas.store.storage import open_storage
 from condconv_nas.train.isolation import Isolation
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).parent.parent
 MEASURE = {"device": "cpu", "batch": 1, "threads": 1, "repeats": 1}
 
 

@@ -30,9 +30,9 @@ from condconv_nas.search.multifidelity import (
 from condconv_nas.search.study import open_study, run_search
 from condconv_nas.search.workers import _promotions
 from condconv_nas.store.storage import counted, open_storage, stale_numbers
+from tests.conftest import ROOT
 from tests.test_faults import _gave_up, finish, storage_url, workers  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).parent.parent
 TRIALS = 6
 MF = {"min_epochs": 1, "max_epochs": 2, "eta": 2}
 

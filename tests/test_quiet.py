@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import optuna
 import yaml
@@ -15,8 +14,7 @@ import yaml
 from condconv_nas.search.samplers import make_sampler
 from condconv_nas.store.quiet import HEARTBEAT_ASK, heartbeat_ask
 from condconv_nas.store.storage import open_storage
-
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
 
 
 def _caught(fn) -> list[str]:

@@ -23,8 +23,8 @@ from condconv_nas.search.baselines import baseline_grid
 from condconv_nas.search.space import load_space
 from condconv_nas.store.record import record_attrs, write_record
 from condconv_nas.store.storage import open_storage
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).parent.parent
 TINY = ROOT / "search_spaces" / "tiny.yaml"
 
 
@@ -246,7 +246,7 @@ def test_figure_pngs_captures_each_figure_at_its_size(tmp_path):
     import sys
 
     study = fake_study(tmp_path, random=True)
-    script = Path(__file__).parent.parent / "scripts" / "figure_pngs.py"
+    script = ROOT / "scripts" / "figure_pngs.py"
     run = subprocess.run([sys.executable, str(script), str(study), str(tmp_path / "png"),
                           "--width", "800", "--only", "pareto,edf"],
                          capture_output=True, text=True, timeout=300)

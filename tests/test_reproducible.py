@@ -20,8 +20,7 @@ from condconv_nas.search.samplers import make_sampler
 from condconv_nas.store.order import SearchOrder, stored_order
 from condconv_nas.store.record import TrialRecord
 from condconv_nas.store.storage import open_storage
-
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
 
 
 def _simulated_search(sampler: str, lag: int, finish_order: random.Random, trials: int = 14,

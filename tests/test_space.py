@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import optuna
 import pytest
 
@@ -11,8 +9,9 @@ from condconv_nas.nn.cost import count_cost
 from condconv_nas.nn.presets import get_preset
 from condconv_nas.nn.spec import make_divisible
 from condconv_nas.search.space import SpaceError, load_space, parse_count, space_from_dict
+from tests.conftest import ROOT
 
-SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -87,7 +86,7 @@ def test_extremes_are_the_cheapest_and_costliest_of_every_architecture(space):
 
 
 def test_sample_by_hand():
-    space = load_space(Path(__file__).parent.parent / "search_spaces" / "tiny.yaml")
+    space = load_space(ROOT / "search_spaces" / "tiny.yaml")
     trial = optuna.trial.FixedTrial({"s5_depth": 2, "s5_b1_experts": 4, "s5_b2_experts": 0,
                                      "s6_width": 0.5, "s6_b1_experts": 4, "s6_b2_experts": 0})
     spec = space.sample(trial)

@@ -17,8 +17,7 @@ from condconv_nas.search.objective import should_prune
 from condconv_nas.search.space import SpaceError
 from condconv_nas.search.study import run_baselines, run_search
 from condconv_nas.store.storage import StorageError, open_storage, reap_stale
-
-ROOT = Path(__file__).parent.parent
+from tests.conftest import ROOT
 
 
 def write_study(tmp_path, **kw) -> Path:
