@@ -129,6 +129,29 @@ def equal_compute(curves: dict, variants: list[str], seeds: int) -> dict:
     return out
 
 
+def per_second(table: dict, variants: list[str], seeds: int) -> dict:
+    """Each variant's final hypervolume per 1,000 training seconds of its own run, per seed, and
+    paired differences from mf-all (the issue's yardstick: hypervolume a training second)."""
+    from scipy.stats import t as student
+
+    out: dict = {"per_1000_s": {}, "vs_all": {}}
+    print("\nfinal hypervolume per 1,000 training s, per seed")
+    for m in variants:
+        rate = [1000 * h / s for h, s in zip(table[m]["hypervolume"], table[m]["seconds"])]
+        out["per_1000_s"][m] = rate
+        line = f"{m:<10} " + " ".join(f"{r:6.2f}" for r in rate) + f"   mean {statistics.mean(rate):.2f}"
+        if m != "mf-all" and "mf-all" in variants and seeds > 1:
+            diff = [a - b for a, b in zip(rate, out["per_1000_s"]["mf-all"])]
+            mean, se = statistics.mean(diff), statistics.stdev(diff) / math.sqrt(seeds)
+            half = student.ppf(0.975, seeds - 1) * se
+            p = 2 * student.sf(abs(mean) / se, seeds - 1) if se > 0 else math.nan
+            out["vs_all"][m] = {"mean": mean, "low": mean - half, "high": mean + half, "p": p}
+            line += (f"   vs mf-all {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] "
+                     f"(95% t, p {p:.3f})")
+        print(line)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -191,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [m for m in methods if m.startswith("mf-")]
     if variants:
         result["equal_compute"] = equal_compute(curves, variants, args.seeds)
+        result["per_second"] = per_second(table, variants, args.seeds)
     if "tpe" in methods and variants:
         target = statistics.mean(table["tpe"]["hypervolume"])
         tpe_time = statistics.mean(table["tpe"]["seconds"])
