@@ -80,7 +80,7 @@ def test_a_dict_is_checked_as_a_file_is(tmp_path):
     assert str(from_dict.value).replace("study dict", str(file)) == str(from_file.value)
     assert "\n" not in str(from_dict.value)
     with pytest.raises(cn.UserError, match="seeds: must be an integer >= 2"):
-        cn.Study.from_dict(_data(tmp_path, "c"), progress=None).confirm(seeds=1)
+        cn.Study.from_dict(_data(tmp_path, "c"), base_dir=tmp_path, progress=None).confirm(seeds=1)
     # Relative paths are relative to base_dir, as a file's are to its folder.
     rel = {**_data(tmp_path, "r"), "space": "tiny.yaml"}
     rel.pop("storage")
@@ -91,11 +91,13 @@ def test_a_dict_is_checked_as_a_file_is(tmp_path):
 
 def test_progress_to_a_callback_or_a_bar(tmp_path, capsys):
     lines: list[str] = []
-    study = cn.Study.from_dict({**_data(tmp_path, "g"), "trials": 2}, progress=lines.append)
+    study = cn.Study.from_dict({**_data(tmp_path, "g"), "trials": 2}, base_dir=tmp_path,
+                               progress=lines.append)
     study.search()
     assert any(re.search(r"\btrial\s+1\b", line) for line in lines), lines
     capsys.readouterr()
-    barred = cn.Study.from_dict({**_data(tmp_path, "g"), "trials": 3}, progress="bar")
+    barred = cn.Study.from_dict({**_data(tmp_path, "g"), "trials": 3}, base_dir=tmp_path,
+                               progress="bar")
     barred.search()
     err = capsys.readouterr().err
     assert "3/3" in err and "trial" not in err  # the bar, ending where the study does

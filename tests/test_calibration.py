@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -31,7 +30,7 @@ from condconv_nas.search import calibration as ladder_module
 from condconv_nas.search.calibration import spread
 from condconv_nas.search.config import StudyError, load_study_config
 from condconv_nas.store.storage import open_storage
-from tests.conftest import ROOT
+from tests.conftest import ROOT, defaults
 
 REF = (3, None)  # the reference budget of the summary tests
 
@@ -229,22 +228,18 @@ def test_no_recommendation_while_the_reference_does_not_rank_itself():
     assert "share seed index 0 with the reference" in shared["reason"]
 
 
-def _study(tmp_path: Path, **kw) -> Path:
-    data = {"name": "c", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
-            "val_size": 1500, "holdout": "test",  # 500 training images
-            "budget_madds": 2_500_000,  # the cheaper architectures of the space: quick runs
-            "recipe": {"batch_size": 64, "lr": 0.2, "epochs": 1}, "trials": 2, "seed": 0,
-            "workers": 1, "baselines": {"families": ["width", "depth"], "points": 3},
-            "calibration": {"epochs": [1], "train_images": [100, 200],
-                            "reference": {"epochs": 1, "train_images": 300}, "archs": 4}}
-    data.update(kw)
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+@pytest.fixture
+def write_study(write_study):
+    """This module's calibration studies: the cheaper architectures (under 2.5M MAdds) on 500
+    training images, a two-budget ladder and a reference of 300 images."""
+    return defaults(write_study, "c", val_size=1500, holdout="test", budget_madds=2_500_000,
+                    trials=2, workers=1, baselines={"families": ["width", "depth"], "points": 3},
+                    calibration={"epochs": [1], "train_images": [100, 200],
+                                 "reference": {"epochs": 1, "train_images": 300}, "archs": 4})
 
 
-def test_calibrate_end_to_end_resumes_and_reports(tmp_path, capsys):
-    path = _study(tmp_path)
+def test_calibrate_end_to_end_resumes_and_reports(tmp_path, capsys, write_study):
+    path = write_study()
     assert main(["calibrate", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [(b["epochs"], b["train_images"]) for b in out["budgets"]] == [(1, 100), (1, 200)]
@@ -369,26 +364,26 @@ def test_bad_calibration_settings_are_one_line_exit_2(tmp_path, capsys, cal, nee
      "is not all below the reference (2 ep x 250)"),
 ])
 def test_counts_the_user_wrote_that_do_not_fit_are_errors_before_anything_is_stored(
-        tmp_path, capsys, cal, needle):
-    path = _study(tmp_path, calibration=cal)
+        tmp_path, capsys, cal, needle, write_study):
+    path = write_study(calibration=cal)
     assert main(["calibrate", str(path)]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
     assert not (tmp_path / "c.journal").exists()
 
 
-def test_too_few_archs_flag(tmp_path, capsys):
-    assert main(["calibrate", str(_study(tmp_path)), "--archs", "2"]) == 2
+def test_too_few_archs_flag(tmp_path, capsys, write_study):
+    assert main(["calibrate", str(write_study()), "--archs", "2"]) == 2
     assert "--archs: must be >= 4" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_calibrate_on_databases(tmp_path, capsys, kind):
+def test_calibrate_on_databases(tmp_path, capsys, kind, write_study):
     from tests.test_faults import _pg_url
 
     url = f"sqlite:///{tmp_path / 'c.db'}" if kind == "sqlite" else _pg_url()
     name = f"c{abs(hash(str(tmp_path))) % 10**8}"  # a fresh study on a shared server
-    path = _study(tmp_path, name=name, storage=url,
+    path = write_study(name=name, storage=url,
                   calibration={"epochs": [1], "train_images": [100],
                                "reference": {"epochs": 1, "train_images": 200}, "archs": 4})
     assert main(["calibrate", str(path), "--json"]) == 0

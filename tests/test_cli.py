@@ -194,23 +194,14 @@ def _stop_a_search(tmp_path, settings: str, stop) -> tuple[list[str], int, str]:
     return cmd, proc.returncode, err
 
 
-def _stored_trials(tmp_path) -> list:
-    import optuna
-
-    from condconv_nas.search.study import open_storage
-
-    return optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "s.journal"))
-                             ).get_trials()
-
-
 @pytest.mark.parametrize("sig", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.slow)])
-def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
+def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig, stored_trials):
     import signal
 
     cmd, code, err = _stop_a_search(tmp_path, "trials: 3\n",
                                     lambda proc: proc.send_signal(getattr(signal, sig)))
     assert code == 130 and "Traceback" not in err and "run the same command" in err
-    trials = _stored_trials(tmp_path)
+    trials = stored_trials(tmp_path / "s.yaml")
     assert trials[0].state.name == "COMPLETE"
     assert trials[1].state.name == "FAIL" and trials[1].user_attrs["stale"]
     assert trials[2].state.name == "WAITING" and trials[2].user_attrs["retry_of"] == 1
@@ -218,13 +209,13 @@ def test_interrupted_search_loses_nothing_and_resumes(tmp_path, sig):
         return  # the stored state is the one SIGINT leaves (checked above): one resume suffices
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0
-    trials = _stored_trials(tmp_path)
+    trials = stored_trials(tmp_path / "s.yaml")
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
     assert trials[2].state.name == "COMPLETE" and trials[2].params == trials[1].params
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_local_workers_stops_them_all_and_the_study_resumes(tmp_path):
+def test_ctrl_c_to_local_workers_stops_them_all_and_the_study_resumes(tmp_path, stored_trials):
     import os
     import signal
 
@@ -232,11 +223,11 @@ def test_ctrl_c_to_local_workers_stops_them_all_and_the_study_resumes(tmp_path):
     cmd, code, err = _stop_a_search(tmp_path, "trials: 6\nworkers: 2\n",
                                     lambda proc: os.killpg(proc.pid, signal.SIGINT))
     assert code == 130 and "Traceback" not in err, err
-    stopped = _stored_trials(tmp_path)
+    stopped = stored_trials(tmp_path / "s.yaml")
     assert sum(t.state.name == "COMPLETE" for t in stopped) < 6
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    trials = _stored_trials(tmp_path)
+    trials = stored_trials(tmp_path / "s.yaml")
     assert sum(t.state.name == "COMPLETE" for t in trials) == 6
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
     for t in stopped:  # what was stored before Ctrl-C is kept as it was

@@ -12,6 +12,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from optuna.trial import TrialState
 from scipy import stats
 
 from condconv_nas.analysis.calibration import seed_agreement
@@ -22,27 +23,19 @@ from condconv_nas.search.match import result_settings
 from condconv_nas.store.settings import same_training
 from condconv_nas.store.siblings import study_root
 from condconv_nas.store.storage import open_storage
-from tests.conftest import ROOT
+from tests.conftest import study_file
+
+DONE = (TrialState.COMPLETE,)
+
+# This module's studies: 500 training images, a one-budget calibration, width baselines.
+COPIES = {"val_size": 1000, "holdout_size": 500, "trials": 2, "workers": 1,
+          "baselines": {"families": ["width"], "points": 3, "seeds": 2},
+          "calibration": {"epochs": [1], "train_images": [200], "reference": {"epochs": 1},
+                          "archs": 4}}
 
 
-def _config(tmp_path: Path, name: str, **kw) -> Path:
-    data = {"name": name, "space": str(ROOT / "search_spaces" / "tiny.yaml"),
-            "dataset": "synthetic", "val_size": 1000, "holdout_size": 500,  # 500 training images
-            "recipe": {"batch_size": 64, "lr": 0.2, "epochs": 1}, "trials": 2, "seed": 0,
-            "workers": 1, "storage": str(tmp_path / f"{name}.journal"),
-            "baselines": {"families": ["width"], "points": 3, "seeds": 2},
-            "calibration": {"epochs": [1], "train_images": [200], "reference": {"epochs": 1},
-                            "archs": 4}}
-    data.update(kw)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _complete(path: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    storage = open_storage(load_study_config(path).storage)
-    return [t for t in optuna.load_study(study_name=study, storage=storage).trials
-            if t.state.name == "COMPLETE"]
+def _config(folder: Path, name: str, **keys) -> Path:
+    return study_file(folder, name, **{**COPIES, "storage": str(folder / f"{name}.journal"), **keys})
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +52,17 @@ def _copy_of(calibrated: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_baseline_points_the_calibration_trained_are_copied(calibrated, tmp_path, capsys):
+def test_baseline_points_the_calibration_trained_are_copied(calibrated, tmp_path, capsys, stored_trials):
     path = _copy_of(calibrated, tmp_path)
     ref = {(t.user_attrs["arch_key"], t.user_attrs["seed"]): t
-           for t in _complete(path, "c.calibrate") if t.user_attrs.get("train_images") is None}
-    short = {t.user_attrs["arch_key"] for t in _complete(path, "c.calibrate")
+           for t in stored_trials(path, "c.calibrate", states=DONE)
+           if t.user_attrs.get("train_images") is None}
+    short = {t.user_attrs["arch_key"] for t in stored_trials(path, "c.calibrate", states=DONE)
              if t.user_attrs.get("train_images") == 200}
     capsys.readouterr()
     assert main(["baselines", str(path)]) == 0
     lines = "".join(capsys.readouterr())
-    runs = _complete(path, "c.baseline")
+    runs = stored_trials(path, "c.baseline", states=DONE)
     copied = [t for t in runs if t.user_attrs.get("copied_from")]
     assert copied, "no baseline point was among the calibration's reference runs"
     for t in runs:
@@ -107,13 +101,13 @@ def test_baseline_points_the_calibration_trained_are_copied(calibrated, tmp_path
     # (not a sibling, so nothing is copied) reach exactly the copied values (CPU is exact).
     other = _config(tmp_path, "d", baselines={"families": ["width"], "points": 3, "seeds": 1})
     assert main(["baselines", str(other)]) == 0
-    fresh = {t.user_attrs["arch_key"]: t for t in _complete(other, "d.baseline")}
+    fresh = {t.user_attrs["arch_key"]: t for t in stored_trials(other, "d.baseline", states=DONE)}
     assert all(not t.user_attrs.get("copied_from") for t in fresh.values())
     for t in (t for t in copied if t.user_attrs["seed"] == 0):  # d trained seed index 0 only
         assert fresh[t.user_attrs["arch_key"]].values[0] == t.values[0]
 
 
-def test_other_training_settings_are_never_copied(calibrated, tmp_path):
+def test_other_training_settings_are_never_copied(calibrated, tmp_path, stored_trials):
     """The baselines of a study whose calibration trained on another split train their own."""
     path = _copy_of(calibrated, tmp_path)
     # Same storage and root name, another validation split: X.baseline is a new study under
@@ -123,7 +117,7 @@ def test_other_training_settings_are_never_copied(calibrated, tmp_path):
     cfg["baselines"]["seeds"] = 1
     path.write_text(yaml.safe_dump(cfg))
     assert main(["baselines", str(path)]) == 0
-    runs = _complete(path, "c.baseline")
+    runs = stored_trials(path, "c.baseline", states=DONE)
     assert runs and all(not t.user_attrs.get("copied_from") for t in runs)
 
 

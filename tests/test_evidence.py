@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pytest
@@ -18,28 +17,20 @@ from condconv_nas.search.config import load_study_config
 from condconv_nas.search.study import run_baselines, run_confirm, run_search
 from condconv_nas.store.record import unpack_bits
 from condconv_nas.store.storage import open_storage
-from tests.conftest import ROOT
+from tests.conftest import ROOT, defaults
 
 
-def write_study(tmp_path: Path, **kw) -> Path:
-    data = {"name": "t", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
-            "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 4, "seed": 0,
-            "train_limit": 400, "val_size": 200,  # pipeline tests: small and quick
-            "workers": 1, "baselines": {"families": ["width"], "points": 2, "seeds": 2},
-            "confirm": {"seeds": 2}}
-    data.update(kw)
-    path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+@pytest.fixture
+def write_study(write_study):
+    """This module's studies: pipeline tests, small and quick (4 trials, 400 training images)."""
+    return defaults(write_study, "t", trials=4, train_limit=400, val_size=200, workers=1,
+                    baselines={"families": ["width"], "points": 2, "seeds": 2},
+                    confirm={"seeds": 2})
 
 
-def trials_of(path: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    cfg = load_study_config(path)
-    return optuna.load_study(study_name=name, storage=open_storage(cfg.storage)).get_trials()
-
-
-def test_confirm_retrains_the_front_with_fresh_seeds_and_the_report_claims_from_it(tmp_path, capsys):
-    path = write_study(tmp_path)
+def test_confirm_retrains_the_front_with_fresh_seeds_and_the_report_claims_from_it(
+        tmp_path, capsys, write_study, stored_trials):
+    path = write_study()
     cfg = load_study_config(path)
     quiet = lambda s: None  # noqa: E731
     run_search(cfg, print_fn=quiet)
@@ -54,12 +45,12 @@ def test_confirm_retrains_the_front_with_fresh_seeds_and_the_report_claims_from_
     run_confirm(cfg, print_fn=lines.append)
     res = load_results(open_storage(cfg.storage, create=False), "t", cfg.storage)
     search_front = front(res.finished[res.finished.family == "search"])
-    runs = trials_of(path, "t.confirm")
+    runs = stored_trials(path, "t.confirm")
     by_source = {(t.user_attrs["confirm_of"], t.user_attrs["seed"]): t for t in runs
                  if "confirm_of" in t.user_attrs}
     # Every front trial, each fresh seed (1..N: the search trained it with seed index 0).
     assert set(by_source) == {(int(n), s) for n in search_front.number for s in (1, 2)}
-    raw = {t.number: t for t in trials_of(path, "t")}
+    raw = {t.number: t for t in stored_trials(path, "t")}
     for (number, _), t in by_source.items():
         assert t.state == TrialState.COMPLETE and t.user_attrs["family"] == "search"
         assert t.user_attrs["spec"] == raw[number].user_attrs["spec"]
@@ -84,7 +75,7 @@ def test_confirm_retrains_the_front_with_fresh_seeds_and_the_report_claims_from_
         assert len(bits) == 200 and sum(bits) / 200 == pytest.approx(t.user_attrs["holdout_acc"])
     # Resuming queues and trains nothing.
     run_confirm(cfg, print_fn=lines.append)
-    assert "nothing to do" in lines[-1] and len(trials_of(path, "t.confirm")) == len(runs)
+    assert "nothing to do" in lines[-1] and len(stored_trials(path, "t.confirm")) == len(runs)
 
     assert main(["report", str(path), "-o", str(tmp_path / "r.html"), "--json"]) == 0
     after = json.loads(capsys.readouterr().out)
@@ -110,21 +101,22 @@ def test_confirm_retrains_the_front_with_fresh_seeds_and_the_report_claims_from_
             assert not claim["significant"] and claim["verdict"].startswith("no claim")
 
 
-def test_confirm_needs_a_search_and_two_seeds(tmp_path, capsys):
-    path = write_study(tmp_path)
+def test_confirm_needs_a_search_and_two_seeds(tmp_path, capsys, write_study):
+    path = write_study()
     assert main(["confirm", str(path), "--seeds", "1"]) == 2
     assert "--seeds" in capsys.readouterr().err
     assert main(["confirm", str(path)]) == 2  # no search yet: nothing stored to confirm
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_baselines_span_the_study_budget_and_retry_failed_points(tmp_path, monkeypatch):
+def test_baselines_span_the_study_budget_and_retry_failed_points(tmp_path, monkeypatch, write_study,
+                                                                 stored_trials):
     # The study's budget (above the space's 6.5M) bounds the baseline grid, not the space's.
-    path = write_study(tmp_path, budget_madds="9M")
+    path = write_study(budget_madds="9M")
     cfg = load_study_config(path)
     monkeypatch.setattr(study_mod, "run_workers", lambda *a, **k: 0)  # queue only
     run_baselines(cfg, print_fn=lambda s: None)
-    queued = trials_of(path, "t.baseline")
+    queued = stored_trials(path, "t.baseline")
     madds = [study_mod.ArchSpec.from_dict(t.user_attrs["baseline_spec"]) for t in queued]
     from condconv_nas.nn.cost import count_cost
 
@@ -138,7 +130,7 @@ def test_baselines_span_the_study_budget_and_retry_failed_points(tmp_path, monke
     study.tell(first, state=TrialState.FAIL)
     study.tell(second, [0.5, 1.0])
     run_baselines(cfg, print_fn=lambda s: None)
-    trials = trials_of(path, "t.baseline")
+    trials = stored_trials(path, "t.baseline")
     keys = [(t.user_attrs["baseline_label"], t.user_attrs["seed"]) for t in trials]
     failed = (trials[first.number].user_attrs["baseline_label"],
               trials[first.number].user_attrs["seed"])
@@ -149,20 +141,20 @@ def test_baselines_span_the_study_budget_and_retry_failed_points(tmp_path, monke
     assert len(trials) == len(queued) + 1
 
 
-def test_other_result_settings_are_refused_and_nothing_changes(tmp_path, capsys):
-    path = write_study(tmp_path, trials=1)
+def test_other_result_settings_are_refused_and_nothing_changes(tmp_path, capsys, write_study):
+    path = write_study(trials=1)
     run_search(load_study_config(path), print_fn=lambda s: None)
     journal = tmp_path / "t.journal"
     before = journal.read_bytes()
     # A raised epoch count would silently mix accuracies trained under two recipes.
-    write_study(tmp_path, trials=2, recipe={"epochs": 2, "batch_size": 64, "lr": 0.2})
+    write_study(trials=2, recipe={"epochs": 2, "batch_size": 64, "lr": 0.2})
     for command in (["search", str(path)], ["baselines", str(path)], ["confirm", str(path)],
                     ["worker", str(path)]):
         assert main(command) == 2, command
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "recipe.epochs" in err[0] and "new name" in err[0], err
         assert journal.read_bytes() == before
-    write_study(tmp_path, trials=2, seed=1, train_limit=100)
+    write_study(trials=2, seed=1, train_limit=100)
     assert main(["search", str(path)]) == 2
     err = capsys.readouterr().err
     assert "train_limit" in err and "seed" in err
@@ -170,11 +162,11 @@ def test_other_result_settings_are_refused_and_nothing_changes(tmp_path, capsys)
     tiny = yaml.safe_load((ROOT / "search_spaces" / "tiny.yaml").read_text())
     tiny["stages"][1]["experts"] = [0, 8]
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(tiny))
-    write_study(tmp_path, trials=2, space=str(tmp_path / "other.yaml"))
+    write_study(trials=2, space=str(tmp_path / "other.yaml"))
     assert main(["search", str(path)]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert "space.stages[1].experts: stored [0, 4], now [0, 8]" in err and len(err) < 400, err
     assert journal.read_bytes() == before
     # Settings that do not change a result may change: more trials, other workers.
-    write_study(tmp_path, trials=2, workers=1)
+    write_study(trials=2, workers=1)
     assert main(["search", str(path)]) == 0

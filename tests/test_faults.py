@@ -21,7 +21,7 @@ from condconv_nas.search.config import load_study_config
 from condconv_nas.search.study import open_study
 from condconv_nas.store.optuna_internals import record_heartbeat
 from condconv_nas.store.storage import counted, open_storage, stale_numbers
-from tests.conftest import ROOT
+from tests.conftest import ROOT, defaults
 
 TRIALS = 6
 
@@ -42,15 +42,14 @@ def storage_url(request, tmp_path) -> str:
     return str(tmp_path / "s.journal") if request.param == "journal" else _pg_url()
 
 
-def study_file(tmp_path: Path, storage: str) -> Path:
-    path = tmp_path / f"f{uuid.uuid4().hex[:8]}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": path.stem, "space": str(ROOT / "search_spaces" / "tiny.yaml"),
-        "dataset": "synthetic", "train_limit": 500,
-        "recipe": {"epochs": 2, "batch_size": 64, "lr": 0.2},
-        "trials": TRIALS, "seed": 0, "storage": storage, "artifacts": str(tmp_path / "art"),
-        "heartbeat": {"interval": 1, "grace": 4}}))
-    return path
+@pytest.fixture
+def write_study(write_study, tmp_path):
+    """write_study(storage): a 2-epoch study of TRIALS trials under a fresh name (studies of
+    one test may share a storage), fast heartbeats."""
+    return lambda storage: defaults(
+        write_study, f"f{uuid.uuid4().hex[:8]}", train_limit=500,
+        recipe={"epochs": 2, "batch_size": 64, "lr": 0.2}, trials=TRIALS, storage=storage,
+        artifacts=str(tmp_path / "art"), heartbeat={"interval": 1, "grace": 4})()
 
 
 def workers(path: Path, n: int) -> list[subprocess.Popen]:
@@ -75,10 +74,8 @@ def _gave_up(t: optuna.trial.FrozenTrial) -> bool:
             and t.user_attrs.get("stale") is True and not t.user_attrs.get("curve"))
 
 
-def check_study(path: Path) -> list[optuna.trial.FrozenTrial]:
+def check_study(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Exactly TRIALS counted trials, all complete with their attributes; returns all trials."""
-    cfg = load_study_config(path)
-    trials = optuna.load_study(study_name=cfg.name, storage=open_storage(cfg.storage)).trials
     kept = [t for t in trials if counted(t, stale_numbers(trials))]
     assert len(kept) == TRIALS, [(t.number, t.state.name, t.user_attrs.get("stale")) for t in trials]
     assert all(t.state == TrialState.COMPLETE for t in kept), [
@@ -93,11 +90,11 @@ def check_study(path: Path) -> list[optuna.trial.FrozenTrial]:
     return trials
 
 
-def test_three_workers_share_one_study(tmp_path, storage_url):
-    path = study_file(tmp_path, storage_url)
+def test_three_workers_share_one_study(tmp_path, storage_url, write_study, stored_trials):
+    path = write_study(storage_url)
     open_study(load_study_config(path), "search")
     outs = finish(workers(path, 3))
-    trials = check_study(path)
+    trials = check_study(stored_trials(path))
     owners = {t.user_attrs["worker"] for t in trials}
     assert len(owners) >= 2, outs  # the work really was shared
     # Where claims hold no lock (databases other than PostgreSQL) a claim past the budget gives itself up
@@ -107,8 +104,8 @@ def test_three_workers_share_one_study(tmp_path, storage_url):
         if t.state == TrialState.FAIL]
 
 
-def test_worker_killed_mid_trial_is_retried(tmp_path, storage_url):
-    path = study_file(tmp_path, storage_url)
+def test_worker_killed_mid_trial_is_retried(tmp_path, storage_url, write_study, stored_trials):
+    path = write_study(storage_url)
     cfg = load_study_config(path)
     study = open_study(cfg, "search")
     procs = workers(path, 3)
@@ -126,7 +123,7 @@ def test_worker_killed_mid_trial_is_retried(tmp_path, storage_url):
     assert killed is not None, "the victim never ran a trial"
     finish(procs[1:])
     victim.wait()
-    trials = check_study(path)
+    trials = check_study(stored_trials(path))
     dead = trials[killed]
     assert dead.state == TrialState.FAIL and killed in stale_numbers(trials)
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
@@ -134,8 +131,8 @@ def test_worker_killed_mid_trial_is_retried(tmp_path, storage_url):
     assert retries[0].params == dead.params  # the same architecture, run again
 
 
-def test_interrupted_study_resumes(tmp_path, storage_url):
-    path = study_file(tmp_path, storage_url)
+def test_interrupted_study_resumes(tmp_path, storage_url, write_study, stored_trials):
+    path = write_study(storage_url)
     cfg = load_study_config(path)
     study = open_study(cfg, "search")
     (proc,) = workers(path, 1)
@@ -157,17 +154,17 @@ def test_interrupted_study_resumes(tmp_path, storage_url):
     assert len(before) >= 2, [t.state for t in study.get_trials(deepcopy=False)]
     # Resume: the interrupted trial was queued again; finished ones are kept as they were.
     finish(workers(path, 1))
-    trials = check_study(path)
+    trials = check_study(stored_trials(path))
     for t in before:
         assert trials[t.number].values == t.values, (t.number, trials[t.number].values, t.values)
 
 
-def test_silent_heartbeat_on_another_machine_is_failed_and_retried(tmp_path):
+def test_silent_heartbeat_on_another_machine_is_failed_and_retried(tmp_path, write_study):
     # A trial whose worker is on another host cannot be checked by process id: only its
     # heartbeat tells. Once silent past the grace period it is failed, marked stale, and queued.
     from condconv_nas.store.storage import reap_stale
 
-    path = study_file(tmp_path, _pg_url())
+    path = write_study(_pg_url())
     cfg = load_study_config(path)
     study = open_study(cfg, "search")
     study = optuna.load_study(study_name=cfg.name,

@@ -15,8 +15,9 @@ from condconv_nas.store.storage import open_storage
 from condconv_nas.train.data import load_dataset
 from condconv_nas.train.interrupts import check_interrupt, deferred_interrupt, stop_on_signals
 from condconv_nas.train.train import Recipe, fit
+from tests.conftest import defaults
 
-from .test_study import write_study
+from .test_study import STUDY
 from .test_train import tiny_model
 
 
@@ -43,6 +44,12 @@ def swallow(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
         assert ignored.pop() is KeyboardInterrupt  # it really was swallowed
 
     return run
+
+
+@pytest.fixture
+def write_study(write_study):
+    """test_study's studies."""
+    return defaults(write_study, "t", **STUDY)
 
 
 def test_a_swallowed_ctrl_c_is_raised_again_until_the_block_ends(swallow):
@@ -96,8 +103,8 @@ def test_training_stops_at_the_next_step(swallow):
     assert epochs == [1]  # without the check fit would have run all 3 epochs
 
 
-def test_a_worker_claims_nothing_after_one(tmp_path, swallow):
-    cfg = load_study_config(write_study(tmp_path, trials=3))
+def test_a_worker_claims_nothing_after_one(tmp_path, swallow, write_study):
+    cfg = load_study_config(write_study(trials=3))
     study = optuna.create_study(study_name="t", storage=open_storage(cfg.storage),
                                 directions=["maximize", "minimize"])
     with stop_on_signals():

@@ -19,10 +19,16 @@ from condconv_nas.search.learnfrom import rung_ranks, sampler_trials
 from condconv_nas.search.multifidelity import MultiFidelity
 from condconv_nas.search.study import run_search
 from condconv_nas.store.storage import open_storage
-from tests.test_multifidelity import _study_file
+from tests.test_multifidelity import mf_writer
 
 MF = MultiFidelity(1, 9, 3)  # rungs 1, 3, 9: top rung 2
 
+
+
+@pytest.fixture
+def write_study(write_study, tmp_path):
+    """test_multifidelity's studies (mf_writer)."""
+    return mf_writer(write_study, tmp_path)
 
 def test_rung_ranks_are_scipys_mid_ranks():
     rng = random.Random(0)
@@ -86,10 +92,10 @@ class _Watching(optuna.samplers.RandomSampler):
 
 @pytest.mark.parametrize("learn", ["top", "ranks"])
 @pytest.mark.parametrize("reproducible", [True, False])
-def test_search_sampler_sees_what_learn_from_says(tmp_path, monkeypatch, learn, reproducible):
+def test_search_sampler_sees_what_learn_from_says(tmp_path, monkeypatch, learn, reproducible, write_study):
     monkeypatch.setattr(workers_module, "make_sampler", lambda name, seed, trials: _Watching(seed))
     _Watching.shown = []
-    path = _study_file(tmp_path, str(tmp_path / "s.journal"), workers=1, trials=6,
+    path = write_study(str(tmp_path / "s.journal"), workers=1, trials=6,
                        reproducible=reproducible,
                        multifidelity={"min_epochs": 1, "max_epochs": 4, "eta": 2,
                                       "learn_from": learn})
@@ -115,8 +121,8 @@ def test_search_sampler_sees_what_learn_from_says(tmp_path, monkeypatch, learn, 
                 assert [v[1] for v, _ in here] == [t.values[1] for _, t in here]
 
 
-def test_learn_from_is_checked_and_may_change_on_resume(tmp_path, capsys):
-    path = _study_file(tmp_path, str(tmp_path / "s.journal"), workers=1, trials=2)
+def test_learn_from_is_checked_and_may_change_on_resume(tmp_path, capsys, write_study):
+    path = write_study(str(tmp_path / "s.journal"), workers=1, trials=2)
     data = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**data, "multifidelity": {**data["multifidelity"],
                                                               "learn_from": "best"}}))

@@ -38,17 +38,12 @@ def legacy(tmp_path) -> Path:
     return study_file
 
 
-def _trials(study_file: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    storage = open_storage(str(study_file.parent / "legacy.journal"), create=False)
-    return optuna.load_study(study_name=name, storage=storage).get_trials()
-
-
-def test_legacy_study_reads_into_the_same_frames(legacy):
+def test_legacy_study_reads_into_the_same_frames(legacy, stored_trials):
     res = load_results(open_storage(str(legacy.parent / "legacy.journal"), create=False), "legacy")
     t = res.trials
     assert sorted(t.family.value_counts().items()) == [("random", 2), ("search", 4), ("width", 3)]
     # Read straight from the stored attributes, not through the record: the frames agree.
-    raw = {t.number: t for t in _trials(legacy, "legacy")}
+    raw = {t.number: t for t in stored_trials(legacy, "legacy")}
     search = t[t.family == "search"].set_index("number")
     for number, frozen in raw.items():
         assert search.loc[number, "madds"] == frozen.user_attrs["madds"]
@@ -58,7 +53,7 @@ def test_legacy_study_reads_into_the_same_frames(legacy):
     reused = search[search.reused_from.notna()]
     assert len(reused) == 1 and "reused_from" in raw[int(reused.index[0])].user_attrs
     width = t[t.family == "width"]
-    labels = {f.user_attrs["baseline_label"] for f in _trials(legacy, "legacy.baseline")}
+    labels = {f.user_attrs["baseline_label"] for f in stored_trials(legacy, "legacy.baseline")}
     assert set(width.label) == labels and width.multiplier.notna().all()
 
 
@@ -73,13 +68,13 @@ def test_legacy_study_reports(legacy, tmp_path, capsys):
     assert head["search_order"].startswith("not run reproducibly")
 
 
-def test_legacy_study_resumes_without_touching_stored_trials(legacy, capsys):
-    before = _trials(legacy, "legacy")
+def test_legacy_study_resumes_without_touching_stored_trials(legacy, capsys, stored_trials):
+    before = stored_trials(legacy, "legacy")
     assert main(["search", str(legacy), "--trials", "5"]) == 0
     assert "not run reproducibly" in capsys.readouterr().out  # and its order is not rewritten
     assert "search_order" not in optuna.load_study(
         study_name="legacy", storage=open_storage(str(legacy.parent / "legacy.journal"))).user_attrs
-    after = _trials(legacy, "legacy")
+    after = stored_trials(legacy, "legacy")
     assert len(after) == 5 and after[4].state == optuna.trial.TrialState.COMPLETE
     for old, new in zip(before, after):
         assert (old.values, old.params, old.user_attrs) == (new.values, new.params, new.user_attrs)
@@ -88,11 +83,11 @@ def test_legacy_study_resumes_without_touching_stored_trials(legacy, capsys):
     assert "nothing to do" in capsys.readouterr().out
 
 
-def test_legacy_study_exports_its_stored_weights(legacy, tmp_path):
+def test_legacy_study_exports_its_stored_weights(legacy, tmp_path, stored_trials):
     out = tmp_path / "export"
     assert main(["export", str(legacy), "--pick", "best", "-o", str(out)]) == 0
     arch = json.loads((out / "arch.json").read_text())
-    best = max((t for t in _trials(legacy, "legacy") if t.values and t.values[0] > 0),
+    best = max((t for t in stored_trials(legacy, "legacy") if t.values and t.values[0] > 0),
                key=lambda t: (t.values[0], -t.values[1]))
     assert arch["provenance"]["trial"] == best.number
     stored = torch.load(legacy.parent / "legacy.artifacts" / best.user_attrs["weights_artifact"],

@@ -161,8 +161,7 @@ def test_fidelity_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow  # worker processes start torch: 1.5 min of the default run's 10
-def test_fidelity_runs_in_the_study_workers_as_a_single_process_would(tmp_path, capsys,
-                                                                        monkeypatch):
+def test_fidelity_runs_in_the_study_workers_as_a_single_process_would(tmp_path, capsys, monkeypatch):
     from condconv_nas.nn.spec import ArchSpec
     from condconv_nas.search import fidelity as longrun
     from condconv_nas.search.fidelity import _key, retrain

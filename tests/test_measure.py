@@ -6,7 +6,6 @@ import json
 import math
 import threading
 import time
-from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -23,19 +22,16 @@ from condconv_nas.search.study import run_baselines, run_confirm, run_search
 from condconv_nas.store.record import TrialRecord
 from condconv_nas.store.storage import open_storage
 from condconv_nas.train.isolation import Isolation
-from tests.conftest import ROOT
+from tests.conftest import defaults
 
 MEASURE = {"device": "cpu", "batch": 1, "threads": 1, "repeats": 1}
 
 
-def _study_file(tmp_path: Path, **kw) -> Path:
-    path = tmp_path / "m.yaml"
-    data = {"name": "m", "space": str(ROOT / "search_spaces" / "tiny.yaml"),
-            "dataset": "synthetic", "train_limit": 300, "val_size": 200,
-            "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 3, "seed": 0,
-            "baselines": {"families": ["width"], "points": 2, "seeds": 1}, **kw}
-    path.write_text(yaml.safe_dump(data))
-    return path
+@pytest.fixture
+def write_study(write_study):
+    """This module's studies: 3 trials on 300 images, one-seed width baselines."""
+    return defaults(write_study, "m", train_limit=300, val_size=200, trials=3,
+                    baselines={"families": ["width"], "points": 2, "seeds": 1})
 
 
 @pytest.mark.parametrize("measure, objectives, needle", [
@@ -48,9 +44,9 @@ def _study_file(tmp_path: Path, **kw) -> Path:
     (MEASURE, ["accuracy", "flops"], "objectives: must be [accuracy, madds] or [accuracy, latency]"),
     (MEASURE, "latency", "objectives: must be"),
 ])
-def test_bad_measure_and_objectives_settings(tmp_path, capsys, measure, objectives, needle):
+def test_bad_measure_and_objectives_settings(tmp_path, capsys, measure, objectives, needle, write_study):
     extra = {k: v for k, v in (("measure", measure), ("objectives", objectives)) if v is not None}
-    path = _study_file(tmp_path, **extra)
+    path = write_study(**extra)
     with pytest.raises(StudyError, match="m.yaml: " + needle.replace("[", r"\[").replace("]", r"\]")):
         load_study_config(path)
     assert main(["search", str(path)]) == 2
@@ -58,12 +54,12 @@ def test_bad_measure_and_objectives_settings(tmp_path, capsys, measure, objectiv
     assert needle in err and len(err.splitlines()) == 1
 
 
-def test_measuring_on_a_gpu_that_is_not_there_is_one_error(tmp_path, capsys):
+def test_measuring_on_a_gpu_that_is_not_there_is_one_error(tmp_path, capsys, write_study):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    path = _study_file(tmp_path, measure={**MEASURE, "device": "cuda"}, workers=1)
+    path = write_study(measure={**MEASURE, "device": "cuda"}, workers=1)
     assert main(["search", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no CUDA GPU is visible" in err and len(err.splitlines()) == 1
@@ -107,9 +103,9 @@ def test_measurement_that_cannot_get_the_machine_says_so(tmp_path):
         assert isolated
 
 
-def test_every_trained_architecture_gets_a_latency(tmp_path, monkeypatch):
+def test_every_trained_architecture_gets_a_latency(tmp_path, monkeypatch, write_study):
     monkeypatch.setenv("CONDCONV_NAS_LOCK_DIR", str(tmp_path / "locks"))
-    path = _study_file(tmp_path, measure=MEASURE)
+    path = write_study(measure=MEASURE)
     cfg = load_study_config(path)
     run_search(cfg, print_fn=lambda s: None)
     run_baselines(cfg, print_fn=lambda s: None)
@@ -126,9 +122,9 @@ def test_every_trained_architecture_gets_a_latency(tmp_path, monkeypatch):
             assert "batch 1" in r.latency_device and "1 thread" in r.latency_device
 
 
-def test_latency_objective_searches_on_measured_ms_and_keeps_the_budget(tmp_path, monkeypatch):
+def test_latency_objective_searches_on_measured_ms_and_keeps_the_budget(tmp_path, monkeypatch, write_study):
     monkeypatch.setenv("CONDCONV_NAS_LOCK_DIR", str(tmp_path / "locks"))
-    path = _study_file(tmp_path, measure=MEASURE, objectives=["accuracy", "latency"],
+    path = write_study(measure=MEASURE, objectives=["accuracy", "latency"],
                        budget_madds="5.5M")
     cfg = load_study_config(path)
     run_search(cfg, print_fn=lambda s: None)
@@ -231,9 +227,9 @@ def test_a_gain_at_matched_madds_can_be_a_loss_at_matched_latency():
     assert axes_agree(head, head) == (True, [])
 
 
-def test_report_of_a_measured_study_has_the_latency_view(tmp_path, monkeypatch, capsys):
+def test_report_of_a_measured_study_has_the_latency_view(tmp_path, monkeypatch, capsys, write_study):
     monkeypatch.setenv("CONDCONV_NAS_LOCK_DIR", str(tmp_path / "locks"))
-    path = _study_file(tmp_path, measure=MEASURE, confirm={"seeds": 2})
+    path = write_study(measure=MEASURE, confirm={"seeds": 2})
     cfg = load_study_config(path)
     run_search(cfg, print_fn=lambda s: None)
     run_baselines(cfg, print_fn=lambda s: None)

@@ -30,7 +30,7 @@ from condconv_nas.search.multifidelity import (
 from condconv_nas.search.study import open_study, run_search
 from condconv_nas.search.workers import _promotions
 from condconv_nas.store.storage import counted, open_storage, stale_numbers
-from tests.conftest import ROOT
+from tests.conftest import ROOT, defaults
 from tests.test_faults import _gave_up, finish, storage_url, workers  # noqa: F401  (fixture)
 
 TRIALS = 6
@@ -93,22 +93,29 @@ def test_to_promote_takes_the_top_third_highest_rung_first():
     assert to_promote({0: rung0[:2]}, {}, mf) is None  # floor(2/3) = 0
 
 
-def _study_file(tmp_path: Path, storage: str, **kw) -> Path:
-    path = tmp_path / f"m{uuid.uuid4().hex[:8]}.yaml"
-    data = {"name": path.stem, "space": str(ROOT / "search_spaces" / "tiny.yaml"),
-            "dataset": "synthetic", "train_limit": 400, "recipe": {"batch_size": 64, "lr": 0.2},
-            "trials": TRIALS, "seed": 0, "storage": storage, "artifacts": str(tmp_path / "art"),
-            "heartbeat": {"interval": 1, "grace": 4}, "multifidelity": MF}
-    data.update(kw)
-    path.write_text(yaml.safe_dump(data))
-    return path
+def mf_writer(write_study, tmp_path: Path):
+    """write(storage, **keys): a multi-fidelity study (MF over TRIALS architectures, fast
+    heartbeats) under a fresh name, since several studies may share one storage."""
+    def write(storage: str, **keys) -> Path:
+        return defaults(write_study, f"m{uuid.uuid4().hex[:8]}", train_limit=400,
+                        recipe={"batch_size": 64, "lr": 0.2}, trials=TRIALS, storage=storage,
+                        artifacts=str(tmp_path / "art"), heartbeat={"interval": 1, "grace": 4},
+                        multifidelity=MF)(**keys)
+
+    return write
 
 
-def check_rungs(path: Path) -> list[optuna.trial.FrozenTrial]:
+@pytest.fixture
+def write_study(write_study, tmp_path):
+    """This module's studies (mf_writer)."""
+    return mf_writer(write_study, tmp_path)
+
+
+def check_rungs(path: Path, stored_trials) -> list[optuna.trial.FrozenTrial]:
     """TRIALS architectures at rung 0; every promotion once, finished, from a finished run of the
     rung below; nothing left to promote; each dead attempt queued again once at its rung."""
     cfg = load_study_config(path)
-    trials = optuna.load_study(study_name=cfg.name, storage=open_storage(cfg.storage)).trials
+    trials = stored_trials(path)
     stale = stale_numbers(trials)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     bottom = [t for t in trials if counted(t, stale)]
@@ -137,13 +144,13 @@ def check_rungs(path: Path) -> list[optuna.trial.FrozenTrial]:
     return trials
 
 
-def test_search_promotes_and_reports_the_top_rung_only(tmp_path):
-    path = _study_file(tmp_path, str(tmp_path / "s.journal"), workers=1)
+def test_search_promotes_and_reports_the_top_rung_only(tmp_path, write_study, stored_trials):
+    path = write_study(str(tmp_path / "s.journal"), workers=1)
     cfg = load_study_config(path)
     assert cfg.recipe.epochs == 2  # the top rung's, for baselines and confirmation
     lines: list[str] = []
     run_search(cfg, print_fn=lines.append)
-    trials = check_rungs(path)
+    trials = check_rungs(path, stored_trials)
     assert any("rung 1 (2 ep, from #" in line for line in lines)
     from condconv_nas.analysis.results import load_results
 
@@ -164,8 +171,9 @@ def test_search_promotes_and_reports_the_top_rung_only(tmp_path):
     assert run_search(cfg, print_fn=again.append) == {"ran": 0}
 
 
-def test_worker_killed_mid_rung_is_retried_at_its_rung(tmp_path, storage_url):  # noqa: F811
-    path = _study_file(tmp_path, storage_url, recipe={"batch_size": 32, "lr": 0.2})
+def test_worker_killed_mid_rung_is_retried_at_its_rung(tmp_path, storage_url,  # noqa: F811
+                                                       write_study, stored_trials):
+    path = write_study(storage_url, recipe={"batch_size": 32, "lr": 0.2})
     cfg = load_study_config(path)
     study = open_study(cfg, "search")
     procs = workers(path, 2)
@@ -184,7 +192,7 @@ def test_worker_killed_mid_rung_is_retried_at_its_rung(tmp_path, storage_url):  
     finish([p for p in procs if p.poll() is None])
     # The survivor may have finished before the kill was noticed: a new worker completes it.
     finish(workers(path, 1))
-    trials = check_rungs(path)
+    trials = check_rungs(path, stored_trials)
     dead = trials[killed]
     assert dead.state == TrialState.FAIL and killed in stale_numbers(trials)
     retry = [t for t in trials if t.user_attrs.get("retry_of") == killed][0]
@@ -192,8 +200,8 @@ def test_worker_killed_mid_rung_is_retried_at_its_rung(tmp_path, storage_url):  
     assert retry.user_attrs["promoted_from"] == dead.user_attrs["promoted_from"]
 
 
-def test_search_interrupted_mid_rung_resumes(tmp_path):
-    path = _study_file(tmp_path, str(tmp_path / "s.journal"), workers=1,
+def test_search_interrupted_mid_rung_resumes(tmp_path, write_study, stored_trials):
+    path = write_study(str(tmp_path / "s.journal"), workers=1,
                        recipe={"batch_size": 32, "lr": 0.2})
     cfg = load_study_config(path)
     cmd = [sys.executable, "-m", "condconv_nas.cli", "search", str(path)]
@@ -219,19 +227,19 @@ def test_search_interrupted_mid_rung_resumes(tmp_path):
               if t.state == TrialState.COMPLETE}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    trials = check_rungs(path)
+    trials = check_rungs(path, stored_trials)
     assert all(trials[n].values == v for n, v in before.items())  # kept as they were
     interrupted = trials[running.number]
     assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["stale"]
 
 
-def test_promotions_on_sqlite_too(tmp_path):
-    path = _study_file(tmp_path, f"sqlite:///{tmp_path / 's.db'}", workers=1, trials=4)
+def test_promotions_on_sqlite_too(tmp_path, write_study, stored_trials):
+    path = write_study(f"sqlite:///{tmp_path / 's.db'}", workers=1, trials=4)
     global TRIALS
     saved, TRIALS = TRIALS, 4
     try:
         run_search(load_study_config(path), print_fn=lambda s: None)
-        trials = check_rungs(path)
+        trials = check_rungs(path, stored_trials)
     finally:
         TRIALS = saved
     assert any(t.user_attrs.get("rung", 0) == 1 for t in trials)
@@ -259,9 +267,9 @@ def test_bad_multifidelity_is_one_line_exit_2(tmp_path, capsys, mf, needle):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.yaml"]  # nothing created
 
 
-def test_multifidelity_is_a_result_setting(tmp_path, capsys):
+def test_multifidelity_is_a_result_setting(tmp_path, capsys, write_study):
     # A plain study resumed as a multi-fidelity one would mix runs of other budgets.
-    path = _study_file(tmp_path, str(tmp_path / "s.journal"), workers=1, trials=1)
+    path = write_study(str(tmp_path / "s.journal"), workers=1, trials=1)
     data = yaml.safe_load(path.read_text())
     plain = dict(data)
     plain.pop("multifidelity")

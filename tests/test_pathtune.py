@@ -132,8 +132,7 @@ def test_a_path_replaces_the_rule_only_on_a_clear_win():
     assert pathtune.decide({"grouped": [0.9] * 5, "bmm": [0.91] * 5}, "grouped") == "grouped"
 
 
-def test_a_study_file_begins_from_the_machine_cache_and_the_first_choice_stored_wins(
-        tuning, monkeypatch):
+def test_a_study_file_begins_from_the_machine_cache_and_the_first_choice_stored_wins(tuning, monkeypatch):
     machine = tuning / "machine.json"
     machine.write_text(json.dumps({"known-shape": "bmm"}))
     pathtune.set_cache_file(machine)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from condconv_nas.search.reproducible import ReproducibleSampler, next_slot, slot_trials
@@ -20,7 +19,7 @@ from condconv_nas.search.samplers import make_sampler
 from condconv_nas.store.order import SearchOrder, stored_order
 from condconv_nas.store.record import TrialRecord
 from condconv_nas.store.storage import open_storage
-from tests.conftest import ROOT
+from tests.conftest import defaults
 
 
 def _simulated_search(sampler: str, lag: int, finish_order: random.Random, trials: int = 14,
@@ -88,14 +87,11 @@ def test_a_slot_sees_the_final_attempt_of_every_earlier_slot_and_waits_for_unfin
     assert slot_trials(trials, -1) == []
 
 
-def _study(tmp: Path, **extra) -> Path:
-    tmp.mkdir(parents=True, exist_ok=True)
-    path = tmp / "r.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "r", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
-        "train_limit": 200, "val_size": 100, "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2},
-        "trials": 8, "seed": 0, "workers": 2, **extra}))
-    return path
+@pytest.fixture
+def write_study(write_study):
+    """This module's study `r` (in a folder of its own: write_study(folder=...)): 8 trials on
+    200 images, 2 workers."""
+    return defaults(write_study, "r", train_limit=200, val_size=100, trials=8, workers=2)
 
 
 def _env() -> dict[str, str]:
@@ -124,11 +120,6 @@ def _create(path: Path) -> None:
     settle_order(open_study(cfg, "search"), cfg.reproducible, cfg.workers, cfg.storage)
 
 
-def _trials(path: Path) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name="r", storage=open_storage(str(path.parent / "r.journal")))
-    return study.get_trials()
-
-
 def _by_slot(trials: list[optuna.trial.FrozenTrial]) -> dict[int, tuple]:
     """Each slot's final attempt: state, parameters, values and what it was (rung, promotion)."""
     slot = {t.number: TrialRecord.of(t.user_attrs).slot for t in trials}
@@ -145,11 +136,12 @@ def _signature(trials: list[optuna.trial.FrozenTrial]) -> list[tuple]:
     return [(t.number, t.state.name, t.params, t.values, t.user_attrs.get("slot")) for t in trials]
 
 
-def _wait_for(path: Path, complete: int, proc: subprocess.Popen, limit: float = 120) -> None:
+def _wait_for(path: Path, complete: int, proc: subprocess.Popen, stored_trials,
+              limit: float = 120) -> None:
     deadline = time.time() + limit
     while time.time() < deadline:
         if (path.parent / "r.journal").exists() and sum(
-                t.state == TrialState.COMPLETE for t in _trials(path)) >= complete:
+                t.state == TrialState.COMPLETE for t in stored_trials(path)) >= complete:
             return
         if proc.poll() is not None:
             pytest.fail(f"worker ended early: {proc.communicate()[0]}")
@@ -168,11 +160,11 @@ MULTIFIDELITY = {"multifidelity": {"min_epochs": 1, "max_epochs": 3, "eta": 3}, 
 
 
 @pytest.mark.parametrize("extra", [{}, MULTIFIDELITY], ids=["single-fidelity", "multi-fidelity"])
-def test_same_file_same_trials_under_delay_join_and_interruption(tmp_path, extra):
+def test_same_file_same_trials_under_delay_join_and_interruption(tmp_path, extra, write_study, stored_trials):
     # The reference: `search` with its two workers, undisturbed.
-    ref = _study(tmp_path / "ref", **extra)
+    ref = write_study(folder=tmp_path / "ref", **extra)
     _finish(_cli("search", str(ref)))
-    expected = _trials(ref)
+    expected = stored_trials(ref)
     assert stored_order(optuna.load_study(study_name="r", storage=open_storage(
         str(ref.parent / "r.journal")))).reproducible
     assert sum(t.state == TrialState.COMPLETE for t in expected) >= 6
@@ -181,46 +173,46 @@ def test_same_file_same_trials_under_delay_join_and_interruption(tmp_path, extra
 
     # A worker stopped for seconds mid-run (SIGSTOP): the other runs ahead, finishing order
     # changes; the stored trials do not, numbers included.
-    delayed = _study(tmp_path / "delayed", **extra)
+    delayed = write_study(folder=tmp_path / "delayed", **extra)
     _create(delayed)
     a, b = _cli("worker", str(delayed), "--workers", "1"), _cli("worker", str(delayed),
                                                                   "--workers", "1")
-    _wait_for(delayed, 2, a)
+    _wait_for(delayed, 2, a, stored_trials)
     os.kill(a.pid, signal.SIGSTOP)
     time.sleep(4)
     os.kill(a.pid, signal.SIGCONT)
     _finish(a, b)
-    assert _signature(_trials(delayed)) == _signature(expected)
+    assert _signature(stored_trials(delayed)) == _signature(expected)
     if extra:
         return  # promotions are the multi-fidelity case's point; joins and resumes are shared
 
     # One worker, then a second joining halfway: the same trials.
-    joined = _study(tmp_path / "joined", **extra)
+    joined = write_study(folder=tmp_path / "joined", **extra)
     _create(joined)
     a = _cli("worker", str(joined), "--workers", "1")
-    _wait_for(joined, 3, a)
+    _wait_for(joined, 3, a, stored_trials)
     b = _cli("worker", str(joined), "--workers", "1")
     _finish(a, b)
-    assert _signature(_trials(joined)) == _signature(expected)
+    assert _signature(stored_trials(joined)) == _signature(expected)
 
     # Ctrl-C mid-trial, then resumed: the interrupted slots run again (as new trial numbers,
     # their dead attempts kept as stale); every slot ends as in the reference.
-    cut = _study(tmp_path / "cut", **extra)
+    cut = write_study(folder=tmp_path / "cut", **extra)
     p = _cli("search", str(cut))
-    _wait_for(cut, 2, p)
+    _wait_for(cut, 2, p, stored_trials)
     os.killpg(p.pid, signal.SIGINT)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out
     _finish(_cli("search", str(cut)))
-    assert _by_slot(_trials(cut)) == _by_slot(expected)
+    assert _by_slot(stored_trials(cut)) == _by_slot(expected)
 
 
-def test_opting_out_is_recorded_and_a_study_keeps_its_order(tmp_path, capsys):
+def test_opting_out_is_recorded_and_a_study_keeps_its_order(tmp_path, capsys, write_study):
     from condconv_nas.search.config import load_study_config
     from condconv_nas.search.reproducible import settle_order
     from condconv_nas.search.study import open_study
 
-    cfg = load_study_config(_study(tmp_path, reproducible=False))
+    cfg = load_study_config(write_study(reproducible=False))
     study = open_study(cfg, "search")
     order = settle_order(study, cfg.reproducible, cfg.workers, cfg.storage)
     assert not order.reproducible

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from condconv_nas.errors import UserError
@@ -17,17 +15,16 @@ from condconv_nas.search.objective import should_prune
 from condconv_nas.search.space import SpaceError
 from condconv_nas.search.study import run_baselines, run_search
 from condconv_nas.store.storage import StorageError, open_storage, reap_stale
-from tests.conftest import ROOT
+from tests.conftest import ROOT, defaults
+
+STUDY = {"trials": 3, "train_limit": 500}  # this module's study keys (test_interrupts too)
 
 
-def write_study(tmp_path, **kw) -> Path:
-    data = {"name": "t", "space": str(ROOT / "search_spaces" / "tiny.yaml"), "dataset": "synthetic",
-            "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "trials": 3, "seed": 0,
-            "train_limit": 500}  # what these tests check needs runs, not accuracy
-    data.update(kw)
-    path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+@pytest.fixture
+def write_study(write_study):
+    """This module's studies: 3 trials on 500 images (what these tests check needs runs, not
+    accuracy)."""
+    return defaults(write_study, "t", **STUDY)
 
 
 def load(path) -> optuna.Study:
@@ -35,14 +32,14 @@ def load(path) -> optuna.Study:
     return optuna.load_study(study_name=cfg.name, storage=open_storage(cfg.storage))
 
 
-def test_search_resumes_to_the_total_and_never_past(tmp_path):
-    path = write_study(tmp_path, trials=2)
+def test_search_resumes_to_the_total_and_never_past(tmp_path, write_study):
+    path = write_study(trials=2)
     lines = []
     run_search(load_study_config(path), print_fn=lines.append)
     assert len(load(path).trials) == 2 and sum(line.startswith("trial") for line in lines) == 2
     run_search(load_study_config(path), print_fn=lines.append)  # already done: nothing
     assert len(load(path).trials) == 2
-    path = write_study(tmp_path, trials=4)
+    path = write_study(trials=4)
     run_search(load_study_config(path), print_fn=lines.append)
     study = load(path)
     assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
@@ -52,9 +49,9 @@ def test_search_resumes_to_the_total_and_never_past(tmp_path):
     assert t.values[1] == t.user_attrs["madds"]
 
 
-def test_over_budget_is_infeasible_and_untrained(tmp_path):
+def test_over_budget_is_infeasible_and_untrained(tmp_path, write_study):
     budget = 1_500_000  # the tiny space spans 1.15M to 2.28M MAdds on synthetic data
-    path = write_study(tmp_path, budget_madds=budget, trials=6)
+    path = write_study(budget_madds=budget, trials=6)
     lines: list[str] = []
     run_search(load_study_config(path), print_fn=lines.append)
     assert "budget are counted as trials, not trained" in lines[1]
@@ -70,8 +67,8 @@ def test_over_budget_is_infeasible_and_untrained(tmp_path):
     assert over > 0
 
 
-def test_same_architecture_is_not_trained_twice(tmp_path):
-    path = write_study(tmp_path, trials=2)
+def test_same_architecture_is_not_trained_twice(tmp_path, write_study):
+    path = write_study(trials=2)
     cfg = load_study_config(path)
     study = optuna.create_study(study_name="t", storage=open_storage(cfg.storage),
                                 directions=["maximize", "minimize"])
@@ -84,8 +81,8 @@ def test_same_architecture_is_not_trained_twice(tmp_path):
     assert b.user_attrs["reused_from"] == a.number and b.values == a.values
 
 
-def test_stale_running_trial_is_failed_and_queued_once(tmp_path):
-    path = write_study(tmp_path, trials=2)
+def test_stale_running_trial_is_failed_and_queued_once(tmp_path, write_study):
+    path = write_study(trials=2)
     cfg = load_study_config(path)
     study = optuna.create_study(study_name="t", storage=open_storage(cfg.storage),
                                 directions=["maximize", "minimize"])
@@ -101,7 +98,7 @@ def test_stale_running_trial_is_failed_and_queued_once(tmp_path):
     assert "queued again" in lines[0]
 
 
-def test_failing_trial_keeps_its_reason_and_the_study_goes_on(tmp_path, monkeypatch):
+def test_failing_trial_keeps_its_reason_and_the_study_goes_on(tmp_path, monkeypatch, write_study):
     import condconv_nas.train.train as train
 
     errors = iter([train.NonFiniteLossError(1, 3), RuntimeError("CUDA out of memory")])
@@ -110,7 +107,7 @@ def test_failing_trial_keeps_its_reason_and_the_study_goes_on(tmp_path, monkeypa
         raise next(errors)
 
     monkeypatch.setattr(train, "fit", failing_fit)
-    path = write_study(tmp_path, trials=2)
+    path = write_study(trials=2)
     run_search(load_study_config(path), print_fn=lambda s: None)
     trials = load(path).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
@@ -131,8 +128,8 @@ def test_pruner_counts_cheaper_trials_that_were_better(tmp_path):
     assert not should_prune(study, 20, 1, 0.0, cfg)    # still warming up
 
 
-def test_pruned_trial_is_recorded_with_its_curve(tmp_path):
-    path = write_study(tmp_path, trials=3, pruner={"k": 1, "warmup_epochs": 0},
+def test_pruned_trial_is_recorded_with_its_curve(tmp_path, write_study):
+    path = write_study(trials=3, pruner={"k": 1, "warmup_epochs": 0},
                        recipe={"epochs": 2, "batch_size": 64, "lr": 0.2})
     # A witness cheaper and better than anything the space can train: every trial that follows
     # has a cheaper-or-equal trial with a higher accuracy at epoch 1, so k=1 prunes it there.
@@ -151,8 +148,8 @@ def test_pruned_trial_is_recorded_with_its_curve(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_worker_processes_share_the_study(tmp_path):
-    path = write_study(tmp_path, trials=4, workers=2)
+def test_two_worker_processes_share_the_study(tmp_path, write_study):
+    path = write_study(trials=4, workers=2)
     run_search(load_study_config(path), print_fn=lambda s: None)
     trials = load(path).trials
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
@@ -174,9 +171,9 @@ def test_two_worker_processes_share_the_study(tmp_path):
     ({"holdout_size": 0}, "holdout_size: must be an integer >= 1"),
     ({"holdout": "test", "holdout_size": 100}, "holdout_size: the test split is used whole"),
 ])
-def test_study_file_errors(tmp_path, change, needle):
+def test_study_file_errors(tmp_path, change, needle, write_study):
     with pytest.raises(UserError) as err:  # a StudyError, or the space file's own SpaceError
-        load_study_config(write_study(tmp_path, **change))
+        load_study_config(write_study(**change))
     assert isinstance(err.value, (StudyError, SpaceError))
     assert needle in str(err.value)
 
@@ -222,10 +219,10 @@ def test_split_once_tpe_samples_what_plain_tpe_samples():
     assert len({str(p) for p in plain}) > 10  # TPE really sampled a conditional, varied space
 
 
-def test_baselines_are_tagged_seeded_shared_and_resumable(tmp_path):
+def test_baselines_are_tagged_seeded_shared_and_resumable(tmp_path, write_study):
     from condconv_nas.search.baselines import baseline_grid
 
-    path = write_study(tmp_path, recipe={"epochs": 1, "batch_size": 64, "lr": 0.2}, train_limit=600,
+    path = write_study(recipe={"epochs": 1, "batch_size": 64, "lr": 0.2}, train_limit=600,
                        baselines={"families": ["width", "experts"], "points": 1, "seeds": 2})
     cfg = load_study_config(path)
     lines: list[str] = []
@@ -257,8 +254,8 @@ def test_baselines_are_tagged_seeded_shared_and_resumable(tmp_path):
     assert "nothing to do" in lines[-1]
 
 
-def test_requeued_baseline_keeps_its_point(tmp_path):
-    cfg = baseline_study_config(load_study_config(write_study(tmp_path)))
+def test_requeued_baseline_keeps_its_point(tmp_path, write_study):
+    cfg = baseline_study_config(load_study_config(write_study()))
     study = optuna.create_study(study_name=cfg.name, storage=open_storage(cfg.storage),
                                 directions=["maximize", "minimize"])
     point = {"baseline_spec": {"x": 1}, "family": "width", "multiplier": 1.5, "seed": 1,
@@ -273,10 +270,10 @@ def test_requeued_baseline_keeps_its_point(tmp_path):
     assert waiting[0].user_attrs["retry_of"] == trial.number
 
 
-def test_control_study_uses_the_random_sampler(tmp_path, capsys):
+def test_control_study_uses_the_random_sampler(tmp_path, capsys, write_study):
     from condconv_nas.cli import main
 
-    path = write_study(tmp_path, trials=2, recipe={"epochs": 1, "batch_size": 64, "lr": 0.2})
+    path = write_study(trials=2, recipe={"epochs": 1, "batch_size": 64, "lr": 0.2})
     assert main(["search", str(path), "--control"]) == 0
     storage = open_storage(load_study_config(path).storage)
     control = optuna.load_study(study_name="t.random", storage=storage)
@@ -287,14 +284,14 @@ def test_control_study_uses_the_random_sampler(tmp_path, capsys):
     assert "'height' is not a family" in capsys.readouterr().err
 
 
-def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch):
+def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch, write_study):
     import dataclasses
 
     import torch
 
     from condconv_nas.search.workers import worker_envs
 
-    cfg = dataclasses.replace(load_study_config(write_study(tmp_path)), workers=3, device="auto")
+    cfg = dataclasses.replace(load_study_config(write_study()), workers=3, device="auto")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in worker_envs(cfg)] == ["0", "1", "0"]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
@@ -307,7 +304,7 @@ def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch
     # Workers left unset: one per visible GPU, else one; a number given is kept.
     from condconv_nas.search.workers import resolve_workers
 
-    unset = load_study_config(write_study(tmp_path))
+    unset = load_study_config(write_study())
     assert unset.workers == 0 and resolve_workers(unset).workers == 2
     assert resolve_workers(dataclasses.replace(unset, device="cpu")).workers == 1
     assert resolve_workers(cfg).workers == 3
@@ -315,8 +312,8 @@ def test_worker_envs_pin_one_gpu_each_or_split_cpu_threads(tmp_path, monkeypatch
     assert resolve_workers(unset).workers == 1
 
 
-def test_several_workers_per_gpu_are_pinned_evenly_with_their_share_of_threads(tmp_path,
-                                                                             monkeypatch, capsys):
+def test_several_workers_per_gpu_are_pinned_evenly_with_their_share_of_threads(
+        tmp_path, monkeypatch, capsys, write_study):
     import dataclasses
     from collections import Counter
 
@@ -326,7 +323,7 @@ def test_several_workers_per_gpu_are_pinned_evenly_with_their_share_of_threads(t
     from condconv_nas.search.workers import resolve_workers, worker_envs
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    cfg = load_study_config(write_study(tmp_path, workers_per_gpu=3))
+    cfg = load_study_config(write_study(workers_per_gpu=3))
     assert cfg.workers_per_gpu == 3 and cfg.workers == 0
     cfg = resolve_workers(dataclasses.replace(cfg, device="auto"))
     assert cfg.workers == 6
@@ -337,27 +334,27 @@ def test_several_workers_per_gpu_are_pinned_evenly_with_their_share_of_threads(t
     # A CPU study ignores it: one worker, no GPU.
     assert resolve_workers(dataclasses.replace(cfg, workers=0, device="cpu")).workers == 1
     with pytest.raises(StudyError, match="workers_per_gpu: must be an integer >= 1"):
-        load_study_config(write_study(tmp_path, workers_per_gpu=0))
-    assert main(["search", str(write_study(tmp_path)), "--workers-per-gpu", "0"]) == 2
+        load_study_config(write_study(workers_per_gpu=0))
+    assert main(["search", str(write_study()), "--workers-per-gpu", "0"]) == 2
     assert "--workers-per-gpu: must be >= 1, got 0" in capsys.readouterr().err
 
 
-def test_resumed_study_draws_new_samples(tmp_path):
+def test_resumed_study_draws_new_samples(tmp_path, write_study):
     # Resuming must not replay the first run's sequence (it would train repeats of its trials).
     quick = {"recipe": {"epochs": 1, "batch_size": 64, "lr": 0.2}, "train_limit": 200,
              "sampler": "random"}  # only the sampled parameters matter here
-    run_search(load_study_config(write_study(tmp_path, trials=3, **quick)), print_fn=lambda s: None)
-    run_search(load_study_config(write_study(tmp_path, trials=6, **quick)), print_fn=lambda s: None)
+    run_search(load_study_config(write_study(trials=3, **quick)), print_fn=lambda s: None)
+    run_search(load_study_config(write_study(trials=6, **quick)), print_fn=lambda s: None)
     trials = load(tmp_path / "t.yaml").trials
     assert [t.params for t in trials[:3]] != [t.params for t in trials[3:]]
 
 
-def test_interrupt_while_claiming_gives_the_trial_back(tmp_path, monkeypatch, ctrl_c_heeded):
+def test_interrupt_while_claiming_gives_the_trial_back(tmp_path, monkeypatch, ctrl_c_heeded, write_study):
     import signal as sig
 
     from condconv_nas.search.workers import _claim
 
-    cfg = load_study_config(write_study(tmp_path, trials=3))
+    cfg = load_study_config(write_study(trials=3))
     study = optuna.create_study(study_name="t", storage=open_storage(cfg.storage),
                                 directions=["maximize", "minimize"])
     ask = optuna.Study.ask

@@ -227,11 +227,10 @@ def family_claim(source: str, family: str, pairings: Sequence[Pairing], missing:
     n = len(units)
     base = replace(base, units=n, gain_mean=_finite_or_none(float((gain.mean() + loss.mean()) / 2)))
     if not (np.isfinite(gain).all() and np.isfinite(loss).all()):
-        return replace(base, reason="a point and its control share no seed index: no claim")
+        return replace(base, reason="a point and its control share no seed index")
     if n < MIN_UNITS:
         shared = f" ({points} points, some sharing controls)" if points >= MIN_UNITS else ""
-        return replace(base, reason=f"too few front points ({n} of {MIN_UNITS} needed{shared}): "
-                                    "no claim")
+        return replace(base, reason=f"too few front points ({n} of {MIN_UNITS} needed{shared})")
     half = float(special.stdtrit(n - 1, 0.975))  # Student's t quantile
     se_g, se_l = gain.std(ddof=1) / math.sqrt(n), loss.std(ddof=1) / math.sqrt(n)
     p_gain = _one_sided(gain.mean(), se_g, n - 1)
