@@ -132,13 +132,14 @@ def test_a_path_replaces_the_rule_only_on_a_clear_win():
     assert pathtune.decide({"grouped": [0.9] * 5, "bmm": [0.91] * 5}, "grouped") == "grouped"
 
 
-def test_a_study_file_begins_from_the_machine_cache_and_the_first_choice_stored_wins(tuning, monkeypatch):
+def test_a_study_file_draws_on_the_machine_cache_and_the_first_choice_stored_wins(tuning,
+                                                                                 monkeypatch):
     machine = tuning / "machine.json"
     machine.write_text(json.dumps({"known-shape": "bmm"}))
     pathtune.set_cache_file(machine)
     study = tuning / "study" / "paths.json"
     pathtune.use_study_file(study)
-    assert json.loads(study.read_text()) == {"known-shape": "bmm"}
+    assert not study.exists()  # shapes enter the study's file as it meets them
     # Another worker stored a choice for a shape after this one looked: this one adopts it.
     assert pathtune._save(study, "new-shape", "grouped") == "grouped"
     assert pathtune._save(study, "new-shape", "experts") == "grouped"
@@ -146,13 +147,60 @@ def test_a_study_file_begins_from_the_machine_cache_and_the_first_choice_stored_
     _fake_times(monkeypatch, {"bmm": 1.0, "grouped": 3.0, "experts": 2.0})
     conv = CondConv2d(8, 16, 1, num_experts=4)
     conv.resolve_path(torch.randn(4, 8, 5, 5), torch.rand(4, 4))
-    (key,) = set(json.loads(study.read_text())) - {"known-shape", "new-shape"}
+    (key,) = set(json.loads(study.read_text())) - {"new-shape"}
     assert json.loads(study.read_text())[key] == json.loads(machine.read_text())[key]
     assert json.loads(machine.read_text())["known-shape"] == "bmm"
     # The machine's cache changing later (tuned elsewhere) leaves the study's choices alone.
     machine.write_text(json.dumps({key: "experts"}))
     pathtune.use_study_file(study)
     assert json.loads(study.read_text())[key] != "experts"
+
+
+def _shape(conv, x) -> str:
+    return pathtune.shape_key(conv, x)
+
+
+def test_a_machine_choice_is_rechecked_before_a_study_adopts_it_and_dropped_when_the_rule_wins(
+        tuning, monkeypatch):
+    conv = CondConv2d(8, 16, 1, num_experts=4)
+    x, r = torch.randn(4, 8, 5, 5), torch.rand(4, 4)
+    rule = conv.rule_path()
+    other = next(p for p in pathtune.candidates(conv) if p != rule)
+    machine = tuning / "machine.json"
+    machine.write_text(json.dumps({_shape(conv, x): other}))  # tuned under load, say
+    pathtune.set_cache_file(machine)
+    pathtune.use_study_file(tuning / "study.json")
+    # Timed again now, the cached path is slower than the rule's: the rule is taken and kept.
+    calls = _fake_times(monkeypatch, {rule: 1.0, other: 2.0, **{p: 3.0 for p in
+                                      pathtune.candidates(conv) if p not in (rule, other)}})
+    assert conv.resolve_path(x, r) == rule
+    assert calls == [((rule, other), True)]  # the two paths only, not a full tuning
+    assert json.loads(machine.read_text())[_shape(conv, x)] == rule
+    assert json.loads((tuning / "study.json").read_text())[_shape(conv, x)] == rule
+
+
+def test_a_machine_choice_that_wins_again_is_kept_and_a_studys_own_is_never_rechecked(
+        tuning, monkeypatch):
+    conv = CondConv2d(8, 16, 1, num_experts=4)
+    x, r = torch.randn(4, 8, 5, 5), torch.rand(4, 4)
+    rule = conv.rule_path()
+    other = next(p for p in pathtune.candidates(conv) if p != rule)
+    machine, study = tuning / "machine.json", tuning / "study.json"
+    machine.write_text(json.dumps({_shape(conv, x): other}))
+    pathtune.set_cache_file(machine)
+    pathtune.use_study_file(study)
+    calls = _fake_times(monkeypatch, {p: 1.0 if p == other else 2.0
+                                      for p in pathtune.candidates(conv)})
+    assert conv.resolve_path(x, r) == other  # a clear win again
+    assert json.loads(study.read_text())[_shape(conv, x)] == other
+    assert len(calls) == 1
+    # Resumed (a fresh process): the study's stored choice is used as it is, whatever timing says.
+    pathtune.clear()
+    pathtune.use_study_file(study)
+    calls = _fake_times(monkeypatch, {p: 2.0 if p == other else 1.0
+                                      for p in pathtune.candidates(conv)})
+    fresh = CondConv2d(8, 16, 1, num_experts=4)
+    assert fresh.resolve_path(x, r) == other and calls == []
 
 
 def test_choices_persist_in_the_cache_file_and_a_torn_file_is_ignored(tuning, monkeypatch):

@@ -8,6 +8,11 @@ load the machine must not settle a slower path for good. `CONDCONV_NAS_PATH_TUNI
 `set_tuning(False)`) takes the rule, which tests use. Choices persist in the user's cache folder,
 and a study keeps its own file of them (`use_study_file`, begun from that cache): paths differ
 in float rounding, so every worker, resumed run and rerun of a study computes what it computed.
+A study adopts a machine choice that is not the rule's only after re-checking it (the rule's path
+and it, timed again, `decide`): a choice tuned under load or on another day must win again
+before a study keeps it, and where it no longer does the machine's cache takes the rule's
+instead. A study's own stored choices are never re-checked, nor are the machine's in a process
+outside any study (a second run there computes exactly what the first did).
 While a graph is being compiled, captured or traced nothing is timed: a shape already measured
 keeps its choice, any other takes the rule.
 """
@@ -46,6 +51,7 @@ _choices: dict[str, str] = {}
 _loaded: set[Path] = set()
 _generation = 0  # bumped when remembered choices may no longer hold: layers' memos go stale
 _mirror: Path | None = None  # the machine's cache, kept up to date while a study's file is used
+_unchecked: set[str] = set()  # keys read from the machine's cache, not yet used in this process
 
 
 def enabled() -> bool:
@@ -96,13 +102,14 @@ def clear() -> None:
     global _generation
     _choices.clear()
     _loaded.clear()
+    _unchecked.clear()
     _generation += 1
 
 
 def reset() -> None:
     """Back to the environment's settings, with nothing remembered."""
-    global _enabled, _cache_path, _mirror
-    _enabled, _cache_path, _mirror = None, False, None
+    global _enabled, _cache_path, _mirror, _study
+    _enabled, _cache_path, _mirror, _study = None, False, None, None
     clear()
 
 
@@ -234,16 +241,17 @@ def _save(path: Path, key: str, choice: str) -> str:
     return _merge(path, {key: choice}).get(key, choice)
 
 
-def _merge(path: Path, choices: dict[str, str]) -> dict[str, str]:
-    """Merge choices into the file under its lock (stored keys win); what the file now holds."""
+def _merge(path: Path, choices: dict[str, str], replace: bool = False) -> dict[str, str]:
+    """Merge choices into the file under its lock (stored keys win, or with `replace` the
+    given ones); what the file now holds."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{path}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             stored = _read(path)
-            if all(k in stored for k in choices):
+            if all(k in stored and (not replace or stored[k] == v) for k, v in choices.items()):
                 return stored
-            stored = {**choices, **stored}
+            stored = {**stored, **choices} if replace else {**choices, **stored}
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
             with os.fdopen(fd, "w") as f:
                 json.dump(stored, f, indent=0, sort_keys=True)
@@ -254,19 +262,27 @@ def _merge(path: Path, choices: dict[str, str]) -> dict[str, str]:
 
 
 def use_study_file(path: str | Path) -> None:
-    """Keep this process's choices in a study's own file, begun from the machine's cache.
+    """Keep this process's choices in a study's own file, drawing on the machine's cache.
 
     A study's accuracies then do not depend on which worker or machine timed a shape first,
-    nor on later tuning elsewhere: every worker, resumed run and rerun reads what it stored.
+    nor on later tuning elsewhere: every worker, resumed run and rerun reads what it stored. A
+    shape the study has not met yet takes the machine's choice when that is the rule's, or when
+    it wins a re-check against the rule's; the first choice stored in the study's file wins.
     """
-    global _mirror
+    global _mirror, _study
     study_file = Path(path).expanduser()
     machine = cache_file()
-    if not study_file.exists() and machine is not None and machine != study_file:
-        _merge(study_file, _read(machine))  # one write: a cache of 500 shapes took 0.7 s key by key
     _mirror = machine if machine != study_file else None
     clear()  # choices read from another file must not stand in for the study's
     set_cache_file(study_file)
+    _study = study_file
+
+
+_study: Path | None = None  # the study file in use, if any
+
+
+def _study_file() -> Path | None:
+    return _study if _study is not None and _study == cache_file() else None
 
 
 def tuned_path(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: str) -> str:
@@ -297,17 +313,35 @@ def _choose(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: str
     file = cache_file()
     if file is not None:
         _load(file)
-    if key in _choices:
-        return _choices[key]
+        if key not in _choices and _mirror is not None:  # a study's new shape: the machine's?
+            inherited = _read(_mirror).get(key)
+            if inherited is not None:
+                _choices[key] = inherited
+                _unchecked.add(key)
     paths = candidates(layer)
+    if key in _choices and key not in _unchecked:
+        return _choices[key]
     if len(paths) == 1:
         return paths[0]
-    if r is None or _busy():
-        return None
-    choice = decide(time_paths(layer, x, r, paths), rule)
-    if file is not None:
-        choice = _save(file, key, choice)
+    if r is None or _busy():  # nothing can be timed now: a study's unchecked shape takes the rule
+        return None if key in _unchecked and _study_file() is not None else _choices.get(key)
+    if key in _unchecked:  # the machine's choice: kept where it beats the rule's again
+        _unchecked.discard(key)
+        cached = _choices[key]
+        if cached == rule or cached not in paths or rule not in paths:
+            choice = cached if cached in paths else rule
+        else:
+            choice = decide(time_paths(layer, x, r, [rule, cached]), rule)
+            if choice != cached and _mirror is not None:
+                _merge(_mirror, {key: choice}, replace=True)  # it no longer wins: the rule
+    else:
+        choice = decide(time_paths(layer, x, r, paths), rule)
         if _mirror is not None:  # later studies on this machine begin from it
             _save(_mirror, key, choice)
+    study = _study_file()
+    if study is not None:
+        choice = _save(study, key, choice)  # another worker's stored choice wins
+    elif file is not None:
+        choice = _save(file, key, choice)
     _choices[key] = choice
     return choice
