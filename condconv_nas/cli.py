@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an architecture on a dataset")
     _add_arch_source(p)
     p.add_argument("--dataset", required=True,
-                   help="fashion-mnist, cifar10, cifar100, npz:DIR (train.npz/test.npz) or synthetic")
+                   help="fashion-mnist, cifar10, cifar100, npz:DIR (train.npz/test.npz), "
+                   "imagefolder:DIR (DIR/train/<class>/*.png, optional val/, test/) or synthetic")
+    p.add_argument("--image-size", type=int, metavar="S",
+                   help="imagefolder datasets: resize every image to S x S")
     p.add_argument("--data-dir", metavar="D", help="where the dataset files are (before "
                    "$CONDCONV_NAS_DATA and /usr/share/datasets)")
     p.add_argument("--epochs", type=int, metavar="N")

@@ -105,14 +105,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.data import load_dataset
     from .train.train import Recipe, check_batch_size, few_steps_note, fit, resolve_device
 
-    _positive(args, "train_limit")  # a negative N would slice off the last N images
+    _positive(args, "train_limit", "image_size")  # a negative N would slice off the last N images
     device = resolve_device(args.device)
     spec = _spec_from_args(args)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed")
                  if getattr(args, k) is not None}
     recipe = Recipe(**overrides)
     data = load_dataset(args.dataset, args.data_dir, val_size=args.val_size,
-                        train_limit=args.train_limit, device=device)
+                        train_limit=args.train_limit, device=device, image_size=args.image_size)
     check_batch_size(recipe, data)
     note = few_steps_note(recipe, len(data.train))
     if note:

@@ -34,7 +34,7 @@ SAMPLERS = ("tpe", "nsga2", "random")
 _KEYS = {"name", "space", "dataset", "data_dir", "val_size", "train_limit", "recipe", "trials",
          "sampler", "seed", "storage", "workers", "budget_madds", "device", "pruner", "baselines",
          "artifacts", "heartbeat", "confirm", "multifidelity", "calibration", "measure",
-         "objectives", "workers_per_gpu", "holdout", "holdout_size", "reproducible"}
+         "objectives", "workers_per_gpu", "holdout", "holdout_size", "reproducible", "image_size"}
 OBJECTIVES = ("madds", "latency")  # the cost axis searched against accuracy
 
 
@@ -85,6 +85,7 @@ class StudyConfig:
     data_dir: str | None = None
     val_size: int | None = None
     train_limit: int | None = None
+    image_size: int | None = None  # imagefolder datasets: every image resized to this square size
     pruner: PrunerConfig | None = None
     baselines: BaselineSettings = BaselineSettings()
     artifacts: str = ""  # folder of the trained weights of front trials (Optuna artifacts)
@@ -130,7 +131,8 @@ def load_study_data(cfg: StudyConfig, device: str | torch.device = "cpu",
 
     limit = cfg.train_limit if train_limit == "study" else train_limit
     data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.seed,
-                        train_limit=limit, device=device, holdout=cfg.data_holdout)
+                        train_limit=limit, device=device, holdout=cfg.data_holdout,
+                        image_size=cfg.image_size)
     check_batch_size(cfg.recipe, data)
     return data
 
@@ -257,8 +259,11 @@ def study_config_of(data: Any, path: Path, src: str) -> StudyConfig:
     if not isinstance(reproducible, bool):
         raise StudyError(f"{src}: reproducible: must be true or false, got {reproducible!r}")
     dataset = data["dataset"]
-    if dataset.startswith("npz:"):
-        dataset = "npz:" + str(_relative(path, dataset[4:]))
+    if dataset.startswith(("npz:", "imagefolder:")):
+        kind, _, where = dataset.partition(":")
+        dataset = f"{kind}:{_relative(path, where)}"
+    image_size = (None if data.get("image_size") is None
+                  else _int(src, "image_size", data["image_size"], 8, 1024))
     return StudyConfig(
         name=name, space=space, dataset=dataset, recipe=recipe,
         trials=_int(src, "trials", data["trials"], 1), sampler=sampler,
@@ -269,6 +274,7 @@ def study_config_of(data: Any, path: Path, src: str) -> StudyConfig:
         budget_madds=budget,
         device=device, data_dir=str(_relative(path, data_dir)) if data_dir else None,
         val_size=None if data.get("val_size") is None else _int(src, "val_size", data["val_size"], 1),
+        image_size=image_size,
         train_limit=(None if data.get("train_limit") is None
                      else _int(src, "train_limit", data["train_limit"], 1)),
         pruner=pruner, baselines=baselines, artifacts=artifacts, heartbeat=heartbeat,

@@ -40,6 +40,8 @@ def result_settings(cfg: StudyConfig) -> dict[str, Any]:
     return json.loads(json.dumps({
         **holdout, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "val_size": cfg.val_size,
         "train_limit": cfg.train_limit, "recipe": dataclasses.asdict(cfg.recipe),
+        # Only when set: a study stored before the key existed keeps matching its file.
+        **({"image_size": cfg.image_size} if cfg.image_size else {}),
         "seed": cfg.seed, "budget_madds": cfg.budget_madds,
         # What the sampler learns from steers sampling, as the sampler does, not a result.
         "multifidelity": ({k: v for k, v in dataclasses.asdict(cfg.multifidelity).items()

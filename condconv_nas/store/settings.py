@@ -22,7 +22,7 @@ from .siblings import study_root
 __all__ = ["PRESENCE_KEYS", "same_training", "settings_differ", "sibling_runs"]
 
 
-PRESENCE_KEYS = ("holdout",)
+PRESENCE_KEYS = ("holdout", "image_size")  # stored only when set: absence is a value too
 
 
 def settings_differ(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -44,7 +44,7 @@ def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two studies' stored settings train a given architecture, seed index, epochs and
     image count to the same result: data, splits, seed, recipe (but its epochs) and measurement."""
     keys = ("dataset", "data_dir", "val_size", "train_limit", "seed", "measure", "recipe",
-            "holdout")
+            "holdout", "image_size")
     # Each run's epochs are compared with the run; execution fields never count (settings_differ).
     return all(d == "recipe.epochs" for d in settings_differ({k: a[k] for k in keys if k in a}, b))
 

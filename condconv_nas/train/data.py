@@ -22,7 +22,7 @@ __all__ = ["DATASETS", "DataError", "Dataset", "Split", "augment", "load_dataset
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "CONDCONV_NAS_DATA"
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "npz:DIR", "synthetic")
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "npz:DIR", "imagefolder:DIR", "synthetic")
 
 _FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
@@ -274,11 +274,12 @@ def _synthetic(seed: int, n_train: int = 2000, n_test: int = 500, size: int = 16
 
 def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = None, split_seed: int = 0,
                  train_limit: int | None = None, device: str | torch.device = "cpu",
-                 holdout: int | str | None = None) -> Dataset:
+                 holdout: int | str | None = None, image_size: int | None = None) -> Dataset:
     """Load a dataset, carve seeded validation (and holdout) splits from train, put it on `device`.
 
     Args:
-        name: fashion-mnist, cifar10, cifar100, npz:DIR or synthetic.
+        name: fashion-mnist, cifar10, cifar100, npz:DIR, imagefolder:DIR (or imagefolder with
+            data_dir naming DIR) or synthetic.
         data_dir: where to look first (then $CONDCONV_NAS_DATA, then Debian's folder).
         val_size: images taken from the training set for validation, fixed by split_seed
             (default: 5000, or a tenth of the training set when that is smaller).
@@ -288,8 +289,9 @@ def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = 
         holdout: the split claims are scored on: a number of training images carved disjoint
             from validation and training ("val": as many as validation), "test" for the
             dataset's test split, or None for none (the layout of studies stored before).
+        image_size: imagefolder only: resize every image to this square size.
     """
-    flip, pad = True, 4
+    flip, pad, given_val = True, 4, None
     if name == "fashion-mnist":
         xtr, ytr, xte, yte = _fashion_mnist(data_dir)
         pad = 2
@@ -298,15 +300,31 @@ def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = 
     elif name.startswith("npz:"):
         xtr, ytr, xte, yte = _npz(Path(name[4:]).expanduser())
         pad = max(1, xtr.shape[-1] // 8)
+    elif name == "imagefolder" or name.startswith("imagefolder:"):
+        from .imagefolder import read_imagefolder
+
+        where = name[len("imagefolder:"):] if ":" in name else data_dir
+        if not where:
+            raise DataError("imagefolder needs its folder: dataset imagefolder:DIR, or --data-dir")
+        folder = Path(where).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"imagefolder {folder} does not exist; it needs train/<class>/ "
+                            "folders of images (optional val/ and test/ alike)")
+        xtr, ytr, xte, yte, given_val = read_imagefolder(folder, image_size, DataError)
+        pad = max(1, xtr.shape[-1] // 8)
     elif name == "synthetic":
         xtr, ytr, xte, yte = _synthetic(split_seed)
         flip, pad = False, 1
     else:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    if val_size is None:
-        val_size = min(5000, max(1, len(ytr) // 10))
-    carve = val_size if holdout == "val" else holdout if isinstance(holdout, int) else 0
-    if not 0 < val_size < len(ytr):
+    if given_val is not None:  # the folder's own val/: nothing carved for validation
+        carve = len(given_val[1]) if holdout == "val" else holdout if isinstance(holdout, int) else 0
+        val_size = 0
+    else:
+        if val_size is None:
+            val_size = min(5000, max(1, len(ytr) // 10))
+        carve = val_size if holdout == "val" else holdout if isinstance(holdout, int) else 0
+    if given_val is None and not 0 < val_size < len(ytr):
         raise DataError(f"validation size {val_size} must be between 1 and the {len(ytr)} "
                         f"training images minus one")
     if val_size + carve >= len(ytr):
@@ -337,8 +355,8 @@ def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = 
     test = split(xte, yte)
     held = (test if holdout == "test" else split(xtr[hold_idx], ytr[hold_idx]) if carve
             else None)
-    data = Dataset(name=name, train=split(xtr[train_idx], ytr[train_idx]),
-                   val=split(xtr[val_idx], ytr[val_idx]), test=test,
+    val = split(*given_val) if given_val is not None else split(xtr[val_idx], ytr[val_idx])
+    data = Dataset(name=name, train=split(xtr[train_idx], ytr[train_idx]), val=val, test=test,
                    num_classes=num_classes, mean=tuple(mean), std=tuple(std), flip=flip, pad=pad,
                    holdout=held)
     return data.to(device)
