@@ -125,7 +125,7 @@ class Study:
                   points: int | None = None, seeds: int | None = None,
                   workers: int | None = None) -> dict[str, Any]:
         """Train the width, depth, compound (and experts) baselines into X.baseline."""
-        from .search.baselines import FAMILIES
+        from .search.baselines import families_problem
         from .search.config import with_overrides
         from .search.study import run_baselines
 
@@ -133,10 +133,8 @@ class Study:
         changes: dict[str, Any] = {"points": points, "seeds": seeds}
         if families is not None:
             families = tuple(dict.fromkeys(families))
-            bad = [f for f in families if f not in FAMILIES]
-            if bad or not families:
-                what = f"{bad[0]!r} is not a family" if bad else "names no family"
-                raise UserError(f"families: {what}; choose from {', '.join(FAMILIES)}")
+            if problem := families_problem(families):
+                raise UserError(f"families: {problem}")
             changes["families"] = families
         cfg = with_overrides(self.config, workers=workers)
         cfg = dataclasses.replace(cfg, baselines=dataclasses.replace(
@@ -202,13 +200,11 @@ class Study:
                ) -> Report:
         """Write the HTML report (and its CSVs); the paths and the headline the page makes
         (`stored`: the study's results when already read, see `stored()`)."""
-        from .analysis.report import write_report
+        from .analysis.report import output_problem, write_report
 
         out = Path(path) if path is not None else Path("reports") / f"{self.name}.html"
-        if out.suffix.lower() not in (".html", ".htm"):
-            raise UserError(f"{out}: the report is an HTML file; give a name ending in .html")
-        if out.is_dir():
-            raise UserError(f"{out}: is a folder; give a file name such as {out / out.name}")
+        if problem := output_problem(out):
+            raise UserError(f"{out}: {problem}")
         return write_report(stored if stored is not None else self.stored(), out)
 
     def export(self, pick: str = "best", out: str | Path | None = None, onnx: bool = False,
@@ -221,6 +217,7 @@ class Study:
         from .export import (
             check_weights,
             confirmed_summary,
+            export_problem,
             export_trial,
             parse_pick,
             pick_trial,
@@ -228,10 +225,8 @@ class Study:
         )
         from .search.match import adopt_stored_layout
 
-        if retrain is not None and retrain < 1:
-            raise UserError(f"retrain: must be >= 1 epochs, got {retrain}")
-        if retrain and untrained:
-            raise UserError("untrained and retrain exclude each other; drop one")
+        if problem := export_problem(retrain, untrained, lambda name: name):
+            raise UserError(problem)
         chosen = parse_pick(pick)
         results = self.stored()
         row = pick_trial(results, chosen)
@@ -304,11 +299,13 @@ def _watch(storage: str, name: str, total: int | None, stop: threading.Event) ->
     from .store.storage import open_storage, stale_numbers
 
     bar = tqdm(total=total, desc=name, unit="run")
+    study = None  # opened once it exists; each read then takes in only what is new
     try:
         while True:
             try:
-                study = optuna.load_study(study_name=name, storage=open_storage(storage,
-                                                                                  create=False))
+                if study is None:
+                    study = optuna.load_study(study_name=name,
+                                              storage=open_storage(storage, create=False))
                 trials = study.get_trials(deepcopy=False)
                 stale = stale_numbers(trials)
                 live = [t for t in trials if t.number not in stale]

@@ -280,16 +280,14 @@ def _json_safe(value: Any) -> Any:
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     """Train the width, depth, compound and experts baselines into the sibling study X.baseline."""
-    from .search.baselines import FAMILIES
+    from .search.baselines import families_problem
 
     _positive(args, "points", "seeds", "workers", "workers_per_gpu")
     families = None
     if args.families:
         families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-        bad = [f for f in families if f not in FAMILIES]
-        if bad or not families:
-            what = f"{bad[0]!r} is not a family" if bad else "names no family"
-            raise UsageError(f"--families: {what}; choose from {', '.join(FAMILIES)}")
+        if problem := families_problem(families):
+            raise UsageError(f"--families: {problem}")
     study = _study(args)
     return _run_interruptible(lambda: study.baselines(families, args.points, args.seeds))
 
@@ -307,10 +305,10 @@ def _run_interruptible(run: Callable[[], Any]) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a study's architecture: arch.json, weights, TorchScript, ONNX, model card."""
-    if args.retrain is not None and args.retrain < 1:
-        raise UsageError(f"--retrain: must be >= 1 epochs, got {args.retrain}")
-    if args.retrain and args.untrained:
-        raise UsageError("--untrained and --retrain exclude each other; drop one")
+    from .export import export_problem
+
+    if problem := export_problem(args.retrain, args.untrained, lambda name: f"--{name}"):
+        raise UsageError(problem)
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         raise UsageError(f"-o {args.output}: exists and is not a folder")
     study = _study(args, progress=lambda line: print(line, file=sys.stderr))
@@ -345,12 +343,11 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the Pareto report of a study (search, control, baselines) as HTML plus CSV."""
     from .analysis.headline import headline_json, headline_lines
+    from .analysis.report import output_problem
 
     out = Path(args.output) if args.output else None
-    if out is not None and out.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"-o {out}: the report is an HTML file; give a name ending in .html")
-    if out is not None and out.is_dir():
-        raise UsageError(f"-o {out}: is a folder; give a file name such as {out / out.name}")
+    if out is not None and (problem := output_problem(out)):
+        raise UsageError(f"-o {out}: {problem}")
     study = _study(args)
     results = study.stored()
     written = study.report(out, results)

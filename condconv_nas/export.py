@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
 
     from .search.config import StudyConfig
 
-__all__ = ["ExportError", "Pick", "check_weights", "confirmed_summary", "export_trial", "knee_index",
-           "load_arch", "parse_pick", "pick_trial", "read_arch", "retrain_trial"]
+__all__ = ["ExportError", "Pick", "check_weights", "confirmed_summary", "export_problem", "export_trial",
+           "knee_index", "load_arch", "parse_pick", "pick_trial", "read_arch", "retrain_trial"]
 
 
 class ExportError(UserError):
@@ -55,6 +56,15 @@ class Pick:
 
     def __str__(self) -> str:
         return self.kind if self.value is None else f"{self.kind}={self.value}"
+
+
+def export_problem(retrain: int | None, untrained: bool, name: Callable[[str], str]) -> str | None:
+    """What is wrong with the retrain/untrained arguments, each written as `name` gives it."""
+    if retrain is not None and retrain < 1:
+        return f"{name('retrain')}: must be >= 1 epochs, got {retrain}"
+    if retrain and untrained:
+        return f"{name('untrained')} and {name('retrain')} exclude each other; drop one"
+    return None
 
 
 def parse_pick(text: str) -> Pick:

@@ -160,35 +160,35 @@ def _shape(conv, x) -> str:
     return pathtune.shape_key(conv, x)
 
 
-def test_a_machine_choice_is_rechecked_before_a_study_adopts_it_and_dropped_when_the_rule_wins(
-        tuning, monkeypatch):
+def _study_with_a_machine_choice(tuning):
+    """A layer and input, the rule's path and another one the machine's cache holds for the
+    shape, with a study's file in use: (conv, x, r, rule, other, machine file, study file)."""
     conv = CondConv2d(8, 16, 1, num_experts=4)
     x, r = torch.randn(4, 8, 5, 5), torch.rand(4, 4)
     rule = conv.rule_path()
     other = next(p for p in pathtune.candidates(conv) if p != rule)
-    machine = tuning / "machine.json"
+    machine, study = tuning / "machine.json", tuning / "study.json"
     machine.write_text(json.dumps({_shape(conv, x): other}))  # tuned under load, say
     pathtune.set_cache_file(machine)
-    pathtune.use_study_file(tuning / "study.json")
+    pathtune.use_study_file(study)
+    return conv, x, r, rule, other, machine, study
+
+
+def test_a_machine_choice_is_rechecked_before_a_study_adopts_it_and_dropped_when_the_rule_wins(
+        tuning, monkeypatch):
+    conv, x, r, rule, other, machine, study = _study_with_a_machine_choice(tuning)
     # Timed again now, the cached path is slower than the rule's: the rule is taken and kept.
     calls = _fake_times(monkeypatch, {rule: 1.0, other: 2.0, **{p: 3.0 for p in
                                       pathtune.candidates(conv) if p not in (rule, other)}})
     assert conv.resolve_path(x, r) == rule
     assert calls == [((rule, other), True)]  # the two paths only, not a full tuning
     assert json.loads(machine.read_text())[_shape(conv, x)] == rule
-    assert json.loads((tuning / "study.json").read_text())[_shape(conv, x)] == rule
+    assert json.loads(study.read_text())[_shape(conv, x)] == rule
 
 
 def test_a_machine_choice_that_wins_again_is_kept_and_a_studys_own_is_never_rechecked(
         tuning, monkeypatch):
-    conv = CondConv2d(8, 16, 1, num_experts=4)
-    x, r = torch.randn(4, 8, 5, 5), torch.rand(4, 4)
-    rule = conv.rule_path()
-    other = next(p for p in pathtune.candidates(conv) if p != rule)
-    machine, study = tuning / "machine.json", tuning / "study.json"
-    machine.write_text(json.dumps({_shape(conv, x): other}))
-    pathtune.set_cache_file(machine)
-    pathtune.use_study_file(study)
+    conv, x, r, rule, other, machine, study = _study_with_a_machine_choice(tuning)
     calls = _fake_times(monkeypatch, {p: 1.0 if p == other else 2.0
                                       for p in pathtune.candidates(conv)})
     assert conv.resolve_path(x, r) == other  # a clear win again

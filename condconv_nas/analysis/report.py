@@ -26,7 +26,7 @@ from .figures import FAMILY_LABELS, PLOT_CONFIG, build_figures
 from .headline import axes_agree, page_headline
 from .results import StudyResults
 
-__all__ = ["Report", "ReportError", "build_figures",
+__all__ = ["Report", "ReportError", "build_figures", "output_problem",
            "render_html", "write_report"]
 
 
@@ -351,6 +351,15 @@ against log MAdds over the family's points (the search: its front).</p>
 <script type="text/javascript">{_SORT_JS}</script>
 </body></html>
 """
+
+
+def output_problem(out: Path) -> str | None:
+    """What is wrong with `out` as the page's file (the caller names the argument), or None."""
+    if out.suffix.lower() not in (".html", ".htm"):
+        return "the report is an HTML file; give a name ending in .html"
+    if out.is_dir():
+        return f"is a folder; give a file name such as {out / out.name}"
+    return None
 
 
 @dataclass(frozen=True)

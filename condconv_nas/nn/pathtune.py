@@ -52,6 +52,7 @@ _loaded: set[Path] = set()
 _generation = 0  # bumped when remembered choices may no longer hold: layers' memos go stale
 _mirror: Path | None = None  # the machine's cache, kept up to date while a study's file is used
 _unchecked: set[str] = set()  # keys read from the machine's cache, not yet used in this process
+_machine: dict[str, str] | None = None  # the machine's cache as a study process first read it
 
 
 def enabled() -> bool:
@@ -99,10 +100,11 @@ def set_cache_file(path: str | Path | None) -> None:
 
 def clear() -> None:
     """Forget every choice made in this process (the file, if any, is left as it is)."""
-    global _generation
+    global _generation, _machine
     _choices.clear()
     _loaded.clear()
     _unchecked.clear()
+    _machine = None
     _generation += 1
 
 
@@ -309,18 +311,21 @@ def tuned_path(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: 
 
 def _choose(layer: nn.Module, x: torch.Tensor, r: torch.Tensor | None, rule: str) -> str | None:
     """The remembered or newly timed choice; None when it cannot be timed now (rule for now)."""
+    global _machine
     key = shape_key(layer, x)
     file = cache_file()
     if file is not None:
         _load(file)
         if key not in _choices and _mirror is not None:  # a study's new shape: the machine's?
-            inherited = _read(_mirror).get(key)
+            if _machine is None:  # read once a process, not once a shape
+                _machine = _read(_mirror)
+            inherited = _machine.get(key)
             if inherited is not None:
                 _choices[key] = inherited
                 _unchecked.add(key)
-    paths = candidates(layer)
     if key in _choices and key not in _unchecked:
         return _choices[key]
+    paths = candidates(layer)
     if len(paths) == 1:
         return paths[0]
     if r is None or _busy():  # nothing can be timed now: a study's unchecked shape takes the rule

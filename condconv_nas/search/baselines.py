@@ -27,9 +27,19 @@ from ..store.record import BASELINE_FAMILIES
 from .space import SearchSpace
 
 __all__ = ["ALPHA", "BETA", "FAMILIES", "MATCH_TOLERANCE", "BaselinePoint", "baseline_grid",
+           "families_problem",
            "control_runs", "matched_controls", "search_range", "static_base"]
 
 FAMILIES = BASELINE_FAMILIES  # the order of every table and figure
+
+
+def families_problem(families: tuple[str, ...]) -> str | None:
+    """What is wrong with a requested subset of FAMILIES (the caller names the argument), or None."""
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        what = f"{bad[0]!r} is not a family" if bad else "names no family"
+        return f"{what}; choose from {', '.join(FAMILIES)}"
+    return None
 ALPHA, BETA = 1.2, 1.29  # depth and width growth per unit of phi; 1.2 * 1.29**2 = 2.00
 
 

@@ -318,12 +318,12 @@ def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = 
     else:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if given_val is not None:  # the folder's own val/: nothing carved for validation
-        carve = len(given_val[1]) if holdout == "val" else holdout if isinstance(holdout, int) else 0
-        val_size = 0
+        n_val, val_size = len(given_val[1]), 0
     else:
         if val_size is None:
             val_size = min(5000, max(1, len(ytr) // 10))
-        carve = val_size if holdout == "val" else holdout if isinstance(holdout, int) else 0
+        n_val = val_size
+    carve = n_val if holdout == "val" else holdout if isinstance(holdout, int) else 0
     if given_val is None and not 0 < val_size < len(ytr):
         raise DataError(f"validation size {val_size} must be between 1 and the {len(ytr)} "
                         f"training images minus one")
