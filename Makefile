@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,onnx,postgres,docs,images]'
+	$(PY) -m pip install -q -e '.[dev,onnx,postgres,docs,images,dashboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

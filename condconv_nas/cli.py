@@ -12,6 +12,7 @@ from .commands import (
     cmd_calibrate,
     cmd_confirm,
     cmd_cost,
+    cmd_dashboard,
     cmd_export,
     cmd_fidelity,
     cmd_latency,
@@ -211,6 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(func=cmd_fidelity)
+
+    p = _study_parser(sub, "dashboard", help="browse a study's storage in optuna-dashboard "
+                      "(extra: dashboard)",
+                      description="Serve optuna-dashboard on the study's storage (every study "
+                      "there: the search, its baselines, confirmations and controls) with its "
+                      "artifact folder, so trained weights download from each front trial; "
+                      "prints the study's URL, Ctrl-C stops it. Needs "
+                      "`pip install 'condconv-nas[dashboard]'`.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8080, metavar="N",
+                   help="port to listen on (default 8080; 0 picks a free one)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("studies", help="list studies and their trials by state")
     p.add_argument("--storage", metavar="URL", help="default: every studies/*.journal")

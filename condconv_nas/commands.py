@@ -16,7 +16,8 @@ from .nn.spec import ArchSpec, SpecError
 if TYPE_CHECKING:
     from .search.config import StudyConfig
 
-__all__ = ["UsageError", "cmd_baselines", "cmd_calibrate", "cmd_confirm", "cmd_cost", "cmd_export",
+__all__ = ["UsageError", "cmd_baselines", "cmd_calibrate", "cmd_confirm", "cmd_cost", "cmd_dashboard",
+           "cmd_export",
            "cmd_fidelity", "cmd_latency", "cmd_presets", "cmd_report", "cmd_search", "cmd_studies",
            "cmd_train", "cmd_worker"]
 
@@ -362,6 +363,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"csv: {paths['trials_csv']}, {paths['fronts_csv']}")
     for line in headline_lines(head, args.study):
         print(line)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard on the study's storage and artifacts until Ctrl-C."""
+    from .dashboard import serve_dashboard
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0-65535, got {args.port}")
+    serve_dashboard(study_config(args), host=args.host, port=args.port, print_fn=_say)
     return 0
 
 

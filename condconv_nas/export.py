@@ -110,7 +110,8 @@ def pick_trial(results: StudyResults, pick: Pick) -> pd.Series:
         if rows.empty:
             raise ExportError(f"study {results.name} has no trial {pick.value}")
         row = rows.iloc[0]
-        if row.state != "COMPLETE" or not row.feasible:
+        # A skipped duplicate (stored PRUNED) stands for its original's run: its weights too.
+        if (row.state != "COMPLETE" and pd.isna(row.reused_from)) or not row.feasible:
             why = "was over the MAdds budget" if not row.feasible else f"is {row.state}"
             raise ExportError(f"trial {pick.value} of {results.name} {why}; pick a completed one")
         return row

@@ -29,6 +29,7 @@ from condconv_nas.cli import main
 from condconv_nas.search import calibration as ladder_module
 from condconv_nas.search.calibration import spread
 from condconv_nas.search.config import StudyError, load_study_config
+from condconv_nas.store.attrs import whole
 from condconv_nas.store.storage import open_storage
 from tests.conftest import ROOT, defaults
 
@@ -275,7 +276,7 @@ def test_calibrate_end_to_end_resumes_and_reports(tmp_path, capsys, write_study)
     assert (got is None and math.isnan(seed_tau)) or got == pytest.approx(seed_tau)
     madds = sorted({t.user_attrs["madds"] for t in runs})
     assert len(madds) == 4  # distinct architectures spread over MAdds
-    assert study.user_attrs["calibration"]["train_images"] == [100, 200]
+    assert whole(study.user_attrs, "calibration")["train_images"] == [100, 200]
     # Resume: nothing new to train, the same summary.
     assert main(["calibrate", str(path), "--json"]) == 0
     captured = capsys.readouterr()
@@ -317,7 +318,7 @@ def test_a_new_users_npz_set_without_a_calibration_key_resolves_fractions(tmp_pa
     summary = ladder_module.run_calibrate(cfg, print_fn=lambda s: None)
     assert summary["train_size"] == 900
     study = optuna.load_study(study_name="n.calibrate", storage=open_storage(cfg.storage))
-    stored = study.user_attrs["calibration"]
+    stored = whole(study.user_attrs, "calibration")
     assert stored["train_images"] == [112, 225, 450, None]  # 1/8, 1/4, 1/2 of 900, all
     waiting = [t.user_attrs for t in study.trials]
     assert ran == [len(waiting)] == [10 * (16 + 2)]  # 10 archs x (16 budgets + 2 reference seeds)

@@ -75,15 +75,18 @@ def _gave_up(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def check_study(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """Exactly TRIALS counted trials, all complete with their attributes; returns all trials."""
+    """Exactly TRIALS counted trials, all complete with their attributes (or skipped: over budget
+    or a repeat, PRUNED saying why); returns all trials."""
     kept = [t for t in trials if counted(t, stale_numbers(trials))]
     assert len(kept) == TRIALS, [(t.number, t.state.name, t.user_attrs.get("stale")) for t in trials]
-    assert all(t.state == TrialState.COMPLETE for t in kept), [
+    assert all(t.state == TrialState.COMPLETE or (
+        t.state == TrialState.PRUNED and t.user_attrs.get("skipped")) for t in kept), [
         (t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
     assert len({t.number for t in trials}) == len(trials)  # each number once
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     for t in kept:
-        assert {"spec", "madds", "params", "worker"} <= set(t.user_attrs) and t.values
+        assert {"spec", "madds", "params", "worker"} <= set(t.user_attrs)
+        assert t.values or t.user_attrs["known_values"]
         if not t.user_attrs.get("infeasible") and "reused_from" not in t.user_attrs:
             assert t.user_attrs["curve"], t.number  # trained, its curve stored
             assert t.user_attrs["cpu_seconds"] > 0, t.number

@@ -22,6 +22,7 @@ from condconv_nas.analysis.results import load_results
 from condconv_nas.cli import main
 from condconv_nas.search.fidelity import fidelity_points, fresh_seed, spread_ranks, verdict
 from condconv_nas.search.study import load_study_config, open_storage, run_baselines, run_search
+from condconv_nas.store.attrs import whole
 from tests.conftest import ROOT
 
 
@@ -144,8 +145,8 @@ def test_fidelity_end_to_end(tmp_path, capsys):
     specs = [_identity(q["spec"]) for q in chosen]
     assert len(specs) == len(set(specs)) == record["n"]
     study = optuna.load_study(study_name="t", storage=open_storage(cfg.storage))
-    assert study.user_attrs["fidelity"]["n"] == record["n"]
-    runs = study.user_attrs["fidelity_runs"]
+    assert whole(study.user_attrs, "fidelity")["n"] == record["n"]
+    runs = whole(study.user_attrs, "fidelity_runs")
     assert len(runs) == record["n"] and {r["seed"] for r in runs.values()} == {2}
     # Each long run saved its epochs and removed its checkpoint when it finished.
     folder = Path(cfg.artifacts) / "checkpoints"
@@ -183,8 +184,8 @@ def test_fidelity_runs_in_the_study_workers_as_a_single_process_would(tmp_path, 
     # Each stored long run equals the same run trained here, in this process, on one thread,
     # at the same fresh seed index.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    runs = optuna.load_study(study_name="w", storage=open_storage(cfg.storage)
-                             ).user_attrs["fidelity_runs"]
+    runs = whole(optuna.load_study(study_name="w", storage=open_storage(cfg.storage)
+                                   ).user_attrs, "fidelity_runs")
     results = load_results(open_storage(cfg.storage), "w")
     for p in fidelity_points(results.finished, 1, results.confirmed):
         _, result, _ = retrain(cfg, ArchSpec.from_dict(json.loads(p["spec"])), 2, "cpu",

@@ -14,6 +14,7 @@ from condconv_nas.search.config import PrunerConfig, StudyError, baseline_study_
 from condconv_nas.search.objective import should_prune
 from condconv_nas.search.space import SpaceError
 from condconv_nas.search.study import run_baselines, run_search
+from condconv_nas.store.attrs import whole
 from condconv_nas.store.storage import StorageError, open_storage, reap_stale
 from tests.conftest import ROOT, defaults
 
@@ -42,7 +43,9 @@ def test_search_resumes_to_the_total_and_never_past(tmp_path, write_study):
     path = write_study(trials=4)
     run_search(load_study_config(path), print_fn=lines.append)
     study = load(path)
-    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    # Trained (COMPLETE), or skipped as a repeat of an architecture already trained (PRUNED).
+    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE or (
+        t.state == TrialState.PRUNED and "reused_from" in t.user_attrs) for t in study.trials)
     t = study.trials[0]
     assert {"spec", "madds", "params", "curve", "seconds", "images_per_s", "versions",
             "device"} <= set(t.user_attrs)
@@ -58,7 +61,8 @@ def test_over_budget_is_infeasible_and_untrained(tmp_path, write_study):
     over = 0
     for t in load(path).trials:
         madds = t.user_attrs["madds"]
-        assert t.state == TrialState.COMPLETE
+        # Over budget: PRUNED with its reason, so Optuna's tools do not count it as trained.
+        assert (t.state == TrialState.PRUNED) == (madds > budget) or "reused_from" in t.user_attrs
         assert t.user_attrs.get("infeasible", False) == (madds > budget)
         assert ("curve" in t.user_attrs) == (madds <= budget)  # over budget: never trained
         constraint = [v for k, v in t.system_attrs.items() if k.startswith("constraints")]
@@ -78,7 +82,10 @@ def test_same_architecture_is_not_trained_twice(tmp_path, write_study):
     study.enqueue_trial(params)
     run_search(cfg, print_fn=lambda s: None)
     a, b = load(path).trials
-    assert b.user_attrs["reused_from"] == a.number and b.values == a.values
+    assert b.user_attrs["reused_from"] == a.number and b.user_attrs["known_values"] == a.values
+    # Stored PRUNED, so Optuna's tools count the architecture once; the report too.
+    assert (a.state, b.state) == (TrialState.COMPLETE, TrialState.PRUNED) and b.values is None
+    assert "curve" in b.user_attrs and "seconds" in b.user_attrs  # its original's result
 
 
 def test_stale_running_trial_is_failed_and_queued_once(tmp_path, write_study):
@@ -278,7 +285,7 @@ def test_control_study_uses_the_random_sampler(tmp_path, capsys, write_study):
     storage = open_storage(load_study_config(path).storage)
     control = optuna.load_study(study_name="t.random", storage=storage)
     assert len(control.trials) == 2 and control.user_attrs["kind"] == "random-control"
-    assert control.user_attrs["config"]["sampler"] == "random"
+    assert whole(control.user_attrs, "config")["sampler"] == "random"
     assert main(["search", str(path), "--control", "--sampler", "tpe"]) == 2
     assert main(["baselines", str(path), "--families", "width,height"]) == 2
     assert "'height' is not a family" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from ..errors import UserError
 from ..nn.spec import ArchSpec, SpecError
+from ..store.attrs import whole
 from ..store.order import stored_order
 from ..store.record import SEARCH_FAMILIES, TrialRecord
 from ..store.siblings import Sibling
@@ -124,8 +125,11 @@ def trials_frame(study: optuna.Study, family: str | None = None) -> pd.DataFrame
         r = TrialRecord.of(t.user_attrs)
         if t.number in stale and t.state != TrialState.COMPLETE:
             continue  # a dead or interrupted attempt, queued again as another trial
-        values = t.values or [None, None]
-        acc = values[0] if t.state == TrialState.COMPLETE else r.final_acc()
+        values = t.values or r.known_values or [None, None]
+        # An over-budget sample trained nothing (stored before skipped trials were PRUNED, it
+        # holds the value 0); a skipped duplicate stands for its original's result.
+        acc = (None if r.infeasible else values[0]
+               if t.state == TrialState.COMPLETE or r.skipped else r.final_acc())
         rows.append({
             "study": study.study_name, "family": r.family or family or SEARCH_FAMILIES[0],
             "number": t.number, "state": t.state.name, "val_acc": acc,
@@ -207,14 +211,14 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
         studies.append(sibling)
         frames.append(trials_frame(study, family))
         if family == search:
-            manifest = dict(study.user_attrs.get("config") or {})
+            manifest = dict(whole(study.user_attrs, "config") or {})
             manifest["madds_convention"] = study.user_attrs.get("madds_convention", "")
-            manifest["preprocess"] = study.user_attrs.get("preprocess")
+            manifest["preprocess"] = whole(study.user_attrs, "preprocess")
             order = stored_order(study)  # whether a rerun of the file gives these trials
             manifest["search_order"] = None if order is None else order.describe()
             top_rung = len((manifest.get("multifidelity") or {}).get("rungs") or [0]) - 1
             importances = _importances(study, top_rung)
-            fidelity = study.user_attrs.get("fidelity")
+            fidelity = whole(study.user_attrs, "fidelity")
             first = next((r for r in (TrialRecord.of(t.user_attrs)
                                       for t in study.get_trials(deepcopy=False)) if r.versions),
                          None)
@@ -222,7 +226,7 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
                 manifest["versions"] = first.versions
                 manifest["device"] = first.device
         elif family is None:
-            manifest["baselines"] = study.user_attrs.get("config", {}).get("baselines")
+            manifest["baselines"] = whole(study.user_attrs, "config", {}).get("baselines")
     calibration = None
     if Sibling.CALIBRATE.of(name) in names:
         studies.append(Sibling.CALIBRATE.of(name))
@@ -236,7 +240,7 @@ def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "")
 
 def calibration_of(study: optuna.Study) -> dict[str, Any] | None:
     """The calibration summary of a study `X.calibrate` (None before its ladder is stored)."""
-    settings = study.user_attrs.get("calibration")
+    settings = whole(study.user_attrs, "calibration")
     if settings is None:
         return None
     from ..store.settings import sibling_runs

@@ -18,6 +18,7 @@ from ..analysis.results import calibration_of
 from ..errors import StudyError
 from ..nn.cost import count_cost
 from ..nn.spec import ArchSpec
+from ..store.attrs import set_study_attr
 from .baselines import baseline_grid, search_range
 from .config import StudyConfig, calibrate_study_config, load_study_data
 from .match import adopt_stored_layout
@@ -114,7 +115,7 @@ def run_calibrate(cfg: StudyConfig, archs: int | None = None,
     check_budget(cfg, data)  # space samples are drawn within the budget
     picks = calibration_archs(cfg, space_adapter(cfg.space, data), cal.archs)
     study = open_study(ccfg, "calibrate")
-    study.set_user_attr("calibration", cal.to_dict())
+    set_study_attr(study, "calibration", cal.to_dict())
 
     def points(budgets: list) -> list[dict]:
         return [{"baseline_spec": spec.to_dict(), "family": "calibration", "epochs": e,

@@ -28,6 +28,7 @@ from ..analysis.calibration import ci_text, rank_agreement
 from ..analysis.results import load_results
 from ..errors import UserError
 from ..nn.spec import ArchSpec
+from ..store.attrs import set_study_attr, whole
 from ..store.record import SEARCH_FAMILIES
 
 if TYPE_CHECKING:
@@ -194,14 +195,14 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
         raise LongRunError(f"study {cfg.name} has no completed trials; run the search first")
     seed = fresh_seed(results.trials, results.confirmations)
     study = optuna.load_study(study_name=cfg.name, storage=storage)
-    done: dict[str, Any] = dict(study.user_attrs.get("fidelity_runs") or {})
+    done: dict[str, Any] = dict(whole(study.user_attrs, "fidelity_runs") or {})
     pending = {_key(p, epochs, seed): p for p in points if _key(p, epochs, seed) not in done}
     print_fn(f"fidelity of {cfg.name}: {len(points)} architectures, {epochs} epochs each on the "
              f"full training split at fresh seed index {seed} "
              f"({len(points) - len(pending)} already done)")
     for key, acc, seconds in _long_runs(cfg, pending, epochs, device, seed):
         done[key] = {"val_acc": acc, "seconds": seconds, "seed": seed}
-        study.set_user_attr("fidelity_runs", done)  # each run kept as it finishes
+        set_study_attr(study, "fidelity_runs", done)  # each run kept as it finishes
         p = pending[key]
         print_fn(f"  trained {p['source']} {p['name']}: {epochs}-epoch {acc:.4f} ({seconds:.0f} s)")
     for i, p in enumerate(points, 1):
@@ -215,7 +216,7 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
     record = {**agreement, "n": n, "epochs": epochs, "seed": seed,
               "verdict": verdict({**agreement, "archs": n}),
               "points": [{k: v for k, v in p.items() if k != "spec"} for p in points]}
-    study.set_user_attr("fidelity", record)
+    set_study_attr(study, "fidelity", record)
     return record
 
 

@@ -6,6 +6,11 @@ block chooses the sampler's view of the finished runs (the promotion rule, front
 never change): `all` as stored; `top` only top-rung runs (and over-budget samples, which trained
 nothing at any rung); `ranks` every run with its accuracy replaced by its mid-rank among the
 finished runs of its own rung, a share in (0, 1), so that rungs speak one scale. MAdds stay.
+
+Every sampler, multi-fidelity or not, is first shown a skipped trial (stored PRUNED, over the
+budget or already trained) as it was stored before such trials were PRUNED: COMPLETE, with the
+values its record keeps (`as_sampled`). So the samples are the same as they were, and Optuna's
+own tools, which read the storage, count trained architectures only.
 """
 
 from __future__ import annotations
@@ -17,7 +22,22 @@ from optuna.trial import FrozenTrial, TrialState
 from ..store.record import TrialRecord
 from .multifidelity import MultiFidelity
 
-__all__ = ["rung_ranks", "sampler_trials"]
+__all__ = ["as_sampled", "rung_ranks", "sampler_trials"]
+
+
+def as_sampled(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials with every skipped one shown COMPLETE with its known values (copies)."""
+    out = []
+    for t in trials:
+        if t.state == TrialState.PRUNED and "known_values" in t.user_attrs:
+            r = TrialRecord.of(t.user_attrs)
+            if r.skipped and r.known_values:
+                c = FrozenTrial.__new__(FrozenTrial)
+                c.__dict__.update(t.__dict__)
+                c.state, c._values = TrialState.COMPLETE, [float(v) for v in r.known_values]
+                t = c
+        out.append(t)
+    return out
 
 
 def rung_ranks(accuracies: Sequence[float]) -> list[float]:
@@ -29,8 +49,9 @@ def rung_ranks(accuracies: Sequence[float]) -> list[float]:
 
 def sampler_trials(trials: Sequence[FrozenTrial], mf: MultiFidelity | None) -> list[FrozenTrial]:
     """The trials the sampler is shown (copies where a value changes; the stored ones are kept)."""
+    trials = as_sampled(trials)
     if mf is None or mf.learn_from == "all":
-        return list(trials)
+        return trials
     records = [TrialRecord.of(t.user_attrs) for t in trials]
     trained = [t.state == TrialState.COMPLETE and not r.infeasible and t.values is not None
                for t, r in zip(trials, records)]

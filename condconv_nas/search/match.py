@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StudyError
+from ..store.attrs import whole
 from ..store.settings import settings_differ
 from ..store.siblings import study_root
 from ..store.storage import StorageError, open_storage
@@ -76,9 +77,9 @@ def manifest(cfg: StudyConfig) -> dict[str, Any]:
 def check_settings(cfg: StudyConfig, study: optuna.Study, now: dict) -> None:
     """Refuse a study stored under other result settings (legacy studies: their manifest)."""
     attrs = study.user_attrs
-    stored = attrs.get("settings")
+    stored = whole(attrs, "settings")
     if stored is None:  # written before settings were stored: what the manifest recorded
-        legacy = attrs.get("config") or {}
+        legacy = whole(attrs, "config") or {}
         stored = {k: legacy[k] for k in ("dataset", "val_size", "train_limit", "seed",
                                          "budget_madds", "recipe") if k in legacy}
     differ = settings_differ(stored, now)
@@ -106,7 +107,7 @@ def adopt_stored_layout(cfg: StudyConfig) -> StudyConfig:
         return cfg  # reported by whoever opens it for real
     root = study_root(cfg.name)
     for summary in storage.get_all_studies():
-        settings = summary.user_attrs.get("settings")
+        settings = whole(summary.user_attrs, "settings")
         if study_root(summary.study_name) == root and (settings is None or "holdout" not in settings):
             return dataclasses.replace(cfg, holdout=None, holdout_size=None)
     return cfg

@@ -12,13 +12,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
 from .._version import __version__
 from ..analysis.pareto import pareto_front
 from ..nn.cost import count_cost
 from ..nn.spec import ArchSpec, arch_key
-from ..store.record import HOLDOUT_FIELDS, RESULT_FIELDS, TrialRecord, pack_bits, write_record
+from ..store.optuna_internals import set_trial_params
+from ..store.record import (
+    FAMILY_ORDER,
+    HOLDOUT_FIELDS,
+    RESULT_FIELDS,
+    TrialRecord,
+    pack_bits,
+    write_record,
+)
 from ..train.isolation import Isolation
 from .config import PrunerConfig, StudyConfig
 
@@ -29,7 +43,17 @@ if TYPE_CHECKING:
     from ..train.data import Dataset
     from ..train.recipe import Recipe
 
-__all__ = ["Objective", "arch_key", "feasible_done", "front_size", "should_prune", "sibling_run"]
+__all__ = ["QUEUED_MEANINGS", "Objective", "SkippedTrial", "arch_key", "feasible_done",
+           "front_size", "queued_params", "should_prune", "sibling_run"]
+
+
+class SkippedTrial(optuna.TrialPruned):
+    """A sampled trial stored PRUNED without training: over the budget, or already trained.
+
+    Optuna's own tools then count only trained architectures; the sampler is shown the values
+    the record keeps (`known_values`, see `learnfrom.as_sampled`), so it learns what it did
+    when such trials were stored COMPLETE.
+    """
 
 
 def _versions() -> dict[str, str]:
@@ -107,11 +131,15 @@ class Objective:
         write_record(trial, spec=spec.to_dict(), arch_key=key, madds=cost.madds,
                      params=cost.params, device=str(self.device), versions=self.versions,
                      **({"rung": queued.rung, "epochs": epochs} if mf else {}))
-        if not self.baseline:  # baselines span the range as given; the budget binds the search
+        if self.baseline:  # every plot of a baseline or confirmation study gets its axes
+            set_trial_params(trial, queued_params(queued))
+        else:  # baselines span the range as given; the budget binds the search
             trial.set_constraint("madds_over_budget", float(cost.madds - cfg.budget_madds))
             if cost.madds > cfg.budget_madds:  # constrained out before any training
-                write_record(trial, infeasible=True)
-                return 0.0, float(cost.madds) if cfg.objective == "madds" else math.inf
+                known = [0.0, float(cost.madds) if cfg.objective == "madds" else math.inf]
+                write_record(trial, infeasible=True, known_values=known, skipped=(
+                    f"over the MAdds budget ({cost.madds:,} > {cfg.budget_madds:,}): not trained"))
+                raise SkippedTrial("over the MAdds budget")
         # Queued runs (baselines, confirmations, controls, calibration: a calibration run may be
         # copied as a baseline point) are scored on the holdout split too; a search trial never
         # sees it.
@@ -121,9 +149,13 @@ class Objective:
         for done in feasible_done(seen, queued.rung):
             record = TrialRecord.of(done.user_attrs)
             if (record.arch_key, record.seed, (record.epochs, record.train_images)) == (key, seed, budget):
-                reused = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs}
+                reused = {k: getattr(record, k) for k in RESULT_FIELDS if k in done.user_attrs}
                 write_record(trial, **reused, reused_from=done.number)
-                return float(done.values[0]), float(done.values[1])
+                if self.baseline:  # a family's own point (the base under each family): a result
+                    return float(done.values[0]), float(done.values[1])
+                write_record(trial, known_values=[float(v) for v in done.values], skipped=(
+                    f"the architecture of trial {done.number}, already trained: not trained again"))
+                raise SkippedTrial(f"same as trial {done.number}")
         # Seed index i: init seed and recipe seed both moved by i; index 0 is the search's own.
         recipe = dataclasses.replace(cfg.recipe, seed=cfg.recipe.seed + seed, epochs=epochs)
         # The run's identity, so a retry of a killed or interrupted attempt (a new trial) goes on
@@ -139,7 +171,8 @@ class Objective:
         shared = sibling_run(study, key, seed, epochs, images, holdout)
         if shared is not None:
             name, done = shared
-            copied = {k: done.user_attrs[k] for k in RESULT_FIELDS if k in done.user_attrs
+            source = TrialRecord.of(done.user_attrs)
+            copied = {k: getattr(source, k) for k in RESULT_FIELDS if k in done.user_attrs
                       and (holdout or k not in HOLDOUT_FIELDS)}
             write_record(trial, **copied, copied_from=f"{name}#{done.number}")
             remove_checkpoint(ckpt)  # an attempt cut short before the sibling run finished
@@ -234,6 +267,33 @@ class Objective:
             artifact = upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)),
                                        file_path=str(file), study_or_trial=trial)
         write_record(trial, weights_artifact=artifact)
+
+
+# The distributions of a queued run's parameters: one per study whatever the run, so that
+# Optuna's importance (which reads the search space every trial shares) sees them; widened only
+# for a value outside (a multiplier or seed index beyond any grid the defaults make).
+MULTIPLIER_RANGE, SEED_RANGE = (-4.0, 16.0), (0, 15)
+QUEUED_MEANINGS = {
+    "family": "a baseline family (width, depth, compound, experts) or, for a confirmation run, "
+              "the search it confirms (search, random)",
+    "multiplier": "the family's scale: width or depth multiplier, compound phi, expert count",
+    "seed": "seed index: 0 is the search's own run, confirmations and controls take 1..N",
+}
+
+
+def queued_params(record: TrialRecord) -> dict[str, tuple[object, BaseDistribution]]:
+    """A queued run's family, multiplier (none for a confirmation) and seed index as Optuna
+    parameters: name -> (value, distribution)."""
+    out: dict[str, tuple[object, BaseDistribution]] = {}
+    if record.family in FAMILY_ORDER:
+        out["family"] = (record.family, CategoricalDistribution(FAMILY_ORDER))
+    if record.multiplier is not None:
+        m = float(record.multiplier)
+        low, high = MULTIPLIER_RANGE
+        out["multiplier"] = (m, FloatDistribution(min(low, m), max(high, m)))
+    low, high = SEED_RANGE
+    out["seed"] = (int(record.seed), IntDistribution(min(low, record.seed), max(high, record.seed)))
+    return out
 
 
 def sibling_run(study: optuna.Study, key: str, seed: int, epochs: int, images: int | None,

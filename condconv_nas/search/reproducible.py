@@ -21,6 +21,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
+from ..store.attrs import set_study_attr
 from ..store.order import ORDER_ATTR, SearchOrder, stored_order
 from ..store.record import TrialRecord
 
@@ -40,7 +41,7 @@ def settle_order(study: optuna.Study, reproducible: bool, workers: int, storage:
             print_fn(f"study {study.study_name}: reproducible: false from here on; the trials "
                      "already stored stay as they were")
         stored = SearchOrder(reproducible, lag=default_lag(workers))
-        study.set_user_attr(ORDER_ATTR, stored.to_dict())
+        set_study_attr(study, ORDER_ATTR, stored.to_dict())
     elif reproducible and not stored.reproducible:
         print_fn(f"study {study.study_name}: {stored.describe()}; it goes on as it began")
     if stored.reproducible and "://" in storage and not storage.startswith(

@@ -27,8 +27,17 @@ from ..errors import UserError
 from ..nn.presets import get_preset
 from ..nn.spec import ArchSpec, SpecError, scale_width
 
-__all__ = ["SearchSpace", "SpaceError", "StageChoice", "TrialLike", "load_space", "parse_count",
-           "read_yaml"]
+__all__ = ["PARAMETER_MEANINGS", "SearchSpace", "SpaceError", "StageChoice", "TrialLike",
+           "load_space", "parse_count", "read_yaml"]
+
+# What each parameter a space suggests means, by name pattern (stored with every search study,
+# so that Optuna's own tools and the dashboard need no README to read a trial's parameters).
+PARAMETER_MEANINGS = {
+    "s<N>_depth": "blocks (repeats) in stage N",
+    "s<N>_width": "multiplier of stage N's channels (1.0: the base network's)",
+    "s<N>_b<M>_experts": "experts of the CondConv in block M of stage N; 0: a static convolution",
+    "resolution": "input image size in pixels",
+}
 
 
 class SpaceError(UserError, ValueError):
@@ -106,6 +115,14 @@ class SearchSpace:
         """The cheapest and the costliest architecture of the space (before fitting to data)."""
         # Every choice (depth, width, experts, resolution) costs more MAdds as it grows.
         return self.sample(_Extreme(min)), self.sample(_Extreme(max))
+
+    def describe(self) -> dict[str, str]:
+        """The meaning of each kind of parameter this space suggests (PARAMETER_MEANINGS)."""
+        used = {"s<N>_depth": any(c.depth for c in self.stages),
+                "s<N>_width": any(c.width for c in self.stages),
+                "s<N>_b<M>_experts": any(c.experts for c in self.stages),
+                "resolution": bool(self.resolution)}
+        return {k: v for k, v in PARAMETER_MEANINGS.items() if used[k]}
 
     def labels(self) -> list[str]:
         """Every parameter label the space can suggest (deepest choice of every stage)."""

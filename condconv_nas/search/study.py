@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from ..nn.cost import CONVENTION, count_cost
 from ..nn.spec import ArchSpec
+from ..store.attrs import set_study_attr
 from ..store.order import stored_order
 from ..store.quiet import experimental
 from ..store.record import TrialRecord, record_attrs
@@ -47,6 +48,7 @@ from .config import (
     with_overrides,
 )
 from .match import adopt_stored_layout, check_settings, manifest, result_settings
+from .objective import QUEUED_MEANINGS
 from .reproducible import settle_order
 from .workers import pending_promotion, resolve_workers, run_workers
 
@@ -79,13 +81,16 @@ def open_study(cfg: StudyConfig, kind: str, parent: str = "") -> optuna.Study:
     study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
                                 directions=["maximize", "minimize"])
     if "settings" not in study.user_attrs:
-        study.set_user_attr("settings", now)
+        set_study_attr(study, "settings", now)
+    if "parameters" not in study.user_attrs:  # what each parameter means, for Optuna's tools
+        searched = kind in ("search", "random-control")
+        set_study_attr(study, "parameters", cfg.space.describe() if searched else QUEUED_MEANINGS)
     if study.user_attrs.get("madds_convention") != CONVENTION:
         with experimental("set_metric_names"):
             study.set_metric_names(["val_acc", "latency_ms" if cfg.objective == "latency" else "madds"])
-        study.set_user_attr("madds_convention", CONVENTION)
-        study.set_user_attr("kind", kind)
-        study.set_user_attr("config", manifest(cfg))
+        set_study_attr(study, "madds_convention", CONVENTION)
+        set_study_attr(study, "kind", kind)
+        set_study_attr(study, "config", manifest(cfg))
     return study
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
+from ..store.attrs import set_study_attr
 from ..store.optuna_internals import frozen, record_heartbeat, set_trial_attrs, set_trial_state
 from ..store.order import SearchOrder, stored_order
 from ..store.quiet import heartbeat_ask
@@ -35,7 +36,7 @@ from ..train.interrupts import check_interrupt, deferred_interrupt, stop_on_sign
 from .config import StudyConfig, load_study_data, preprocess_of
 from .learnfrom import sampler_trials
 from .multifidelity import MultiFidelity, to_promote
-from .objective import Objective, front_size
+from .objective import Objective, SkippedTrial, front_size
 from .reproducible import (
     ReproducibleSampler,
     StudyView,
@@ -98,7 +99,7 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str, queued_only: bool
                     promotion = any(TrialRecord.of(t.user_attrs).rung > 0 for t in waiting)
                     if promotion or (budget_used(trials) < cfg.trials
                                      and (waiting or not queued_only)):
-                        if isinstance(study.sampler, ViewSampler):  # learn_from: top or ranks
+                        if isinstance(study.sampler, ViewSampler):  # skipped trials, learn_from
                             study.sampler.bind(study, sampler_trials(trials, cfg.multifidelity))
                         with heartbeat_ask():  # we beat it ourselves (storage.beating)
                             trial = study.ask()
@@ -239,12 +240,12 @@ def run_worker(cfg: StudyConfig, index: int = 0, print_fn: Callable[[str], None]
             lambda seed: make_sampler(cfg.sampler, seed, cfg.trials), cfg.seed)
     else:  # seed + worker index; `salt` moves resumed and joining runs to new sequences
         study.sampler = make_sampler(cfg.sampler, (cfg.seed + index + salt) % 2**32, cfg.trials)
-        if not baseline and cfg.multifidelity and cfg.multifidelity.learn_from != "all":
-            study.sampler = ViewSampler(study.sampler)  # bound to its view at each claim
+        if not baseline:  # bound at each claim to the trials as the sampler is shown them
+            study.sampler = ViewSampler(study.sampler)
     if data is None or data.train.images.device != device:
         data = load_study_data(cfg, device)
     if "preprocess" not in study.user_attrs:  # what an exported model expects of its input
-        study.set_user_attr("preprocess", preprocess_of(data))
+        set_study_attr(study, "preprocess", preprocess_of(data))
     objective = Objective(cfg, data, device, baseline=baseline)
     finished = 0
     while (claim := _claim(study, cfg, objective.worker, queued_only=baseline,
@@ -261,6 +262,8 @@ def run_worker(cfg: StudyConfig, index: int = 0, print_fn: Callable[[str], None]
         try:
             with beating(study, trial):
                 values = objective(study, trial, seen)
+        except SkippedTrial:  # not trained: the record says why (the progress line too)
+            state = TrialState.PRUNED
         except optuna.TrialPruned as err:
             state, note = TrialState.PRUNED, str(err)
         except KeyboardInterrupt:
@@ -285,6 +288,7 @@ def _progress_line(study: optuna.Study, t: optuna.trial.FrozenTrial, baseline: b
                    seconds: float, note: str, mf: MultiFidelity | None = None) -> str:
     record = TrialRecord.of(t.user_attrs)
     acc = ("over budget" if record.infeasible else f"acc {t.values[0]:.4f}" if t.values else
+           f"acc {record.known_values[0]:.4f}" if record.known_values else
            f"acc {record.final_acc():.4f}" if record.curve else "acc -")
     reused = (f" (same as #{record.reused_from})" if record.reused_from is not None else
               f" (copied from {copy_source(record.copied_from)})" if record.copied_from
@@ -301,8 +305,9 @@ def _progress_line(study: optuna.Study, t: optuna.trial.FrozenTrial, baseline: b
         acc += f"  (compile {record.compile_seconds:.1f}s)"
     if record.latency_ms is not None:
         acc += f"  {record.latency_ms:.2f} ms" + ("" if record.latency_isolated else " (noisy)")
+    state = "skipped" if record.skipped else t.state.name.lower()
     return (f"trial {t.number:4d}  {(record.madds or 0) / 1e6:8.2f}M MAdds  {acc}  "
-            f"{t.state.name.lower()}{reused}  {seconds:6.1f}s  "
+            f"{state}{reused}  {seconds:6.1f}s  "
             f"front {front_size(study, mf.top if mf else None)}"
             + (f"  [{note[:120]}]" if note else ""))
 

@@ -6,6 +6,10 @@ why no public API does it:
 - `Study._storage`, `Trial._trial_id`, `FrozenTrial._trial_id`: writing to a trial that is not
   the one in hand (a dead worker's, a heartbeat retry, a claim past the budget) and recording a
   heartbeat at claim time. Optuna exposes these only through `Study.tell` on the trial in hand.
+- `Trial._cached_frozen_trial`, with `storage.set_trial_param`: giving a queued run (a baseline,
+  a confirmation, a control) its family, multiplier and seed as parameters with the distributions
+  the run's record implies. `Trial.suggest_*` would sample a value wherever the queue holds none
+  (runs queued before they had parameters).
 - `optuna.storages._heartbeat.BaseHeartbeat`: whether a storage keeps heartbeats.
 - `optuna.storages.journal._file.get_lock_file`: the journal's own file lock, for appends
   without an fsync per write (see `unsynced_journal_backend`).
@@ -30,7 +34,8 @@ import optuna
 from optuna.trial import TrialState
 
 __all__ = ["IncrementalGroups", "frozen", "heartbeat_enabled",
-           "install_incremental_groups", "record_heartbeat", "set_trial_attrs", "set_trial_state",
+           "install_incremental_groups", "record_heartbeat", "set_trial_attrs", "set_trial_params",
+           "set_trial_state",
            "storage_of", "tpe_split_once", "trial_id", "unsynced_journal_backend"]
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
@@ -48,6 +53,17 @@ def set_trial_attrs(study: optuna.Study, trial: Any, attrs: dict[str, Any]) -> N
     storage, tid = storage_of(study), trial_id(trial)
     for key, value in attrs.items():
         storage.set_trial_user_attr(tid, key, value)
+
+
+def set_trial_params(trial: optuna.Trial, params: dict[str, tuple[Any, Any]]) -> None:
+    """Store parameters (name: (value, distribution)) on the running trial in hand, as
+    `suggest_*` would without sampling anything."""
+    cached = trial._cached_frozen_trial
+    for name, (value, distribution) in params.items():
+        trial.storage.set_trial_param(trial_id(trial), name, distribution.to_internal_repr(value),
+                                      distribution)
+        cached.distributions[name] = distribution  # as Trial._suggest keeps its copy
+        cached.params[name] = value
 
 
 def set_trial_state(study: optuna.Study, trial: Any, state: TrialState) -> None:

@@ -3,7 +3,9 @@
 Optuna stores a trial's objective values (validation accuracy, MAdds) and free-form user
 attributes. Every attribute this package writes or reads is a field of `TrialRecord`, under the
 field's name: the objective writes with `record_attrs`, which refuses a name that is not a field,
-and readers (results, storage, workers, tests) read with `TrialRecord.of`. Torch- and Optuna-free.
+and readers (results, storage, workers, tests) read with `TrialRecord.of`. The fields that can
+outgrow 1,024 characters (`LONG_FIELDS`) are stored in parts (`store/attrs.py`) and read back
+whole. Torch- and Optuna-free.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BASELINE_FAMILIES", "FAMILY_ORDER", "HOLDOUT_FIELDS", "QUEUE_FIELDS", "RANDOM",
+from .attrs import in_parts, is_marker, whole
+
+__all__ = ["BASELINE_FAMILIES", "FAMILY_ORDER", "HOLDOUT_FIELDS", "LONG_FIELDS", "QUEUE_FIELDS",
+           "RANDOM",
            "RESULT_FIELDS", "SEARCH", "SEARCH_FAMILIES", "TrialRecord", "copy_source", "pack_bits",
            "record_attrs", "unpack_bits", "write_record"]
 
@@ -39,6 +44,11 @@ class TrialRecord:
     device: str = ""
     versions: dict[str, str] | None = None   # condconv_nas, torch, optuna, python
     infeasible: bool = False                 # over the MAdds budget: never trained
+    # A sampled trial stored PRUNED without training (over the budget, or an architecture already
+    # trained): why, and the (accuracy, cost) its sampler is shown for it. Optuna's own tools
+    # (importance, slice, trials_dataframe, the dashboard) then count only trained trials.
+    skipped: str = ""
+    known_values: list[float] | None = None
     # What training measured.
     curve: list[dict[str, Any]] | None = None   # [{"epoch": e, "val_acc": a}, ...]
     # The holdout split (queued runs only; no search trial ever sees it): accuracy, and which of
@@ -95,6 +105,9 @@ class TrialRecord:
         record = object.__new__(cls)
         record.__dict__.update(_DEFAULTS)
         record.__dict__.update({k: attrs[k] for k in attrs.keys() & _FIELD_SET})
+        for key in LONG_FIELDS:
+            if is_marker(record.__dict__[key]):
+                record.__dict__[key] = whole(attrs, key, _DEFAULTS[key])
         return record
 
     def final_acc(self) -> float | None:
@@ -115,6 +128,9 @@ RESULT_FIELDS = ("curve", "seconds", "cpu_seconds", "images_per_s", "epochs_run"
                  "compile_note", "latency_ms", "latency_ms_p90", "latency_isolated", "latency_device",
                  "holdout_acc", "holdout_correct")
 HOLDOUT_FIELDS = ("holdout_acc", "holdout_correct")  # a search trial never holds these
+# Fields whose text can pass 1,024 characters (a large spec, a long curve, a big holdout split):
+# stored in parts. The others are short by construction (fail_reason is cut at 500).
+LONG_FIELDS = ("spec", "baseline_spec", "curve", "holdout_correct")
 
 
 def pack_bits(correct: Sequence[bool]) -> str:
@@ -137,11 +153,15 @@ def unpack_bits(text: str) -> list[bool]:
 
 
 def record_attrs(**fields: Any) -> dict[str, Any]:
-    """User attributes to store for the given record fields; a name of no field is an error."""
+    """User attributes to store for the given record fields (long ones in parts); a name of no
+    field is an error."""
     unknown = sorted(set(fields) - set(_FIELDS))
     if unknown:
         raise TypeError(f"{unknown[0]!r} is not a TrialRecord field")
-    return dict(fields)
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        out.update(in_parts(key, value) if key in LONG_FIELDS else {key: value})
+    return out
 
 
 def copy_source(copied_from: str) -> str:

@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..train.recipe import EXECUTION_FIELDS
+from .attrs import whole
 from .optuna_internals import storage_of
 from .record import TrialRecord
 from .siblings import study_root
@@ -56,7 +57,7 @@ def sibling_runs(study: optuna.Study, include_self: bool = False
 
     Only original runs, trained to the end: not over budget, not reused or copied, not pruned.
     """
-    ours = study.user_attrs.get("settings")
+    ours = whole(study.user_attrs, "settings")
     if ours is None:
         return
     storage, root = storage_of(study), study_root(study.study_name)
@@ -68,7 +69,7 @@ def sibling_runs(study: optuna.Study, include_self: bool = False
             continue
         other = study if name == study.study_name else optuna.load_study(study_name=name,
                                                                            storage=storage)
-        theirs = other.user_attrs.get("settings")
+        theirs = whole(other.user_attrs, "settings")
         if theirs is None or not same_training(theirs, ours):
             continue
         recipe_epochs = (theirs.get("recipe") or {}).get("epochs")

@@ -249,10 +249,11 @@ def fail_and_requeue(study: optuna.Study, t: optuna.trial.FrozenTrial, reason: s
         set_trial_state(study, t, TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return 0  # another worker got there first (callers hold the claim lock, so rarely)
-    carried = {k: t.user_attrs[k] for k in QUEUE_FIELDS if k in t.user_attrs}
+    record = TrialRecord.of(t.user_attrs)  # long fields put together (record_attrs splits them)
+    carried = {k: getattr(record, k) for k in QUEUE_FIELDS if k in t.user_attrs}
     if not t.params and not carried:
         return 1  # claimed but never sampled: nothing to run again
-    if TrialRecord.of(t.user_attrs).retry_of is None:  # queued again once, never twice
+    if record.retry_of is None:  # queued again once, never twice
         study.enqueue_trial(t.params, user_attrs=record_attrs(retry_of=t.number, **carried),
                             skip_if_exists=False)
     return 1
