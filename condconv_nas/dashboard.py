@@ -44,28 +44,28 @@ class _Quiet(WSGIRequestHandler):
 def dashboard_app(cfg: StudyConfig) -> Callable:
     """The dashboard's WSGI app on the study's storage and artifact folder; checks the study is
     stored there."""
+    return _app(cfg)[0]
+
+
+def _app(cfg: StudyConfig) -> tuple[Callable, int]:
+    """The dashboard's WSGI app and the study's id in the storage (opened once)."""
     try:
         import optuna_dashboard
         from optuna.artifacts import FileSystemArtifactStore
     except ImportError:
         raise DashboardError(f"the dashboard needs optuna-dashboard; {EXTRA}") from None
-    from .analysis.results import StudyNotFoundError
+    from .analysis.results import stored_names
 
     storage = open_storage(cfg.storage, create=False)
-    names = sorted(s.study_name for s in storage.get_all_studies())
-    if cfg.name not in names:
-        raise StudyNotFoundError(f"study {cfg.name!r} is not in storage {cfg.storage} (studies "
-                                 f"there: {', '.join(names) or 'none'}); run `condconv-nas search` "
-                                 "first")
+    stored_names(storage, cfg.name, cfg.storage)
     folder = Path(cfg.artifacts) if cfg.artifacts else None
     store = FileSystemArtifactStore(str(folder)) if folder and folder.is_dir() else None
-    return optuna_dashboard.wsgi(storage, artifact_store=store)
+    return (optuna_dashboard.wsgi(storage, artifact_store=store),
+            storage.get_study_id_from_name(cfg.name))
 
 
-def study_url(cfg: StudyConfig, host: str, port: int) -> str:
-    """The dashboard page of the study `cfg.name` (by its storage id)."""
-    storage = open_storage(cfg.storage, create=False)
-    study_id = storage.get_study_id_from_name(cfg.name)
+def study_url(host: str, port: int, study_id: int) -> str:
+    """The dashboard page of a study (by its storage id)."""
     shown = "localhost" if host in ("", "0.0.0.0", "::") else host
     return f"http://{shown}:{port}/dashboard/studies/{study_id}"
 
@@ -73,14 +73,14 @@ def study_url(cfg: StudyConfig, host: str, port: int) -> str:
 def serve_dashboard(cfg: StudyConfig, host: str = "127.0.0.1", port: int = 8080,
                     print_fn: Callable[[str], None] = print) -> None:
     """Serve the dashboard until Ctrl-C (port 0: any free port); prints the study's URL."""
-    app = dashboard_app(cfg)
+    app, study_id = _app(cfg)
     try:
         server = make_server(host, port, app, server_class=_Server, handler_class=_Quiet)
     except OSError as err:
         raise DashboardError(f"cannot listen on {host}:{port} ({err.strerror or err}); pass "
                              "another --port (0 picks a free one) or --host") from None
     with server:
-        url = study_url(cfg, host, server.server_port)
+        url = study_url(host, server.server_port, study_id)
         print_fn(f"dashboard of study {cfg.name} ({cfg.storage}): {url}")
         print_fn("Ctrl-C stops it")
         try:

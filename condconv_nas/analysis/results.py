@@ -27,7 +27,7 @@ from ..store.storage import stale_numbers
 from .calibration import Calibration, summarise
 
 __all__ = ["StudyNotFoundError", "StudyResults", "architecture_summary", "calibration_of",
-           "experts_by_block", "load_results", "trials_frame"]
+           "experts_by_block", "load_results", "stored_names", "trials_frame"]
 
 COLUMNS = ["study", "family", "number", "state", "val_acc", "holdout_acc", "madds", "params", "multiplier",
            "seed", "label", "seconds", "images_per_s", "epochs_run", "feasible", "reused_from",
@@ -185,14 +185,20 @@ def _importances(study: optuna.Study, rung: int = 0) -> dict[str, float]:
                        key=lambda kv: (-kv[1], kv[0])))
 
 
-def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "") -> StudyResults:
-    """The study `name` and its siblings `name.random` and `name.baseline`, as frames."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def stored_names(storage: optuna.storages.BaseStorage, name: str, url: str = "") -> set[str]:
+    """The names of the storage's studies; StudyNotFoundError (listing them) without `name`."""
     names = {s.study_name for s in storage.get_all_studies()}
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
         raise StudyNotFoundError(f"study {name!r} is not in storage {url or storage} (studies there: "
                           f"{known}); run `condconv-nas search` first")
+    return names
+
+
+def load_results(storage: optuna.storages.BaseStorage, name: str, url: str = "") -> StudyResults:
+    """The study `name` and its siblings `name.random` and `name.baseline`, as frames."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names = stored_names(storage, name, url)
     frames, manifest, studies = [], {}, []
     importances: dict[str, float] = {}
     fidelity = None

@@ -32,12 +32,20 @@ def as_sampled(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
         if t.state == TrialState.PRUNED and "known_values" in t.user_attrs:
             r = TrialRecord.of(t.user_attrs)
             if r.skipped and r.known_values:
-                c = FrozenTrial.__new__(FrozenTrial)
-                c.__dict__.update(t.__dict__)
-                c.state, c._values = TrialState.COMPLETE, [float(v) for v in r.known_values]
-                t = c
+                t = _shown(t, [float(v) for v in r.known_values], TrialState.COMPLETE)
         out.append(t)
     return out
+
+
+def _shown(t: FrozenTrial, values: list[float], state: TrialState | None = None) -> FrozenTrial:
+    """A copy of a trial as the sampler is shown it: other values (and state); the stored
+    trial is left as it is."""
+    c = FrozenTrial.__new__(FrozenTrial)  # no validation or deep copies: one a trial a claim
+    c.__dict__.update(t.__dict__)
+    c._values = values
+    if state is not None:
+        c.state = state
+    return c
 
 
 def rung_ranks(accuracies: Sequence[float]) -> list[float]:
@@ -65,9 +73,6 @@ def sampler_trials(trials: Sequence[FrozenTrial], mf: MultiFidelity | None) -> l
     out = []
     for i, t in enumerate(trials):
         if i in share:
-            c = FrozenTrial.__new__(FrozenTrial)
-            c.__dict__.update(t.__dict__)
-            c._values = [share[i], *t.values[1:]]
-            t = c
+            t = _shown(t, [share[i], *t.values[1:]])
         out.append(t)
     return out

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .attrs import in_parts, is_marker, whole
+from .attrs import PARTS, in_parts, whole
 
 __all__ = ["BASELINE_FAMILIES", "FAMILY_ORDER", "HOLDOUT_FIELDS", "LONG_FIELDS", "QUEUE_FIELDS",
            "RANDOM",
@@ -105,9 +105,11 @@ class TrialRecord:
         record = object.__new__(cls)
         record.__dict__.update(_DEFAULTS)
         record.__dict__.update({k: attrs[k] for k in attrs.keys() & _FIELD_SET})
-        for key in LONG_FIELDS:
-            if is_marker(record.__dict__[key]):
-                record.__dict__[key] = whole(attrs, key, _DEFAULTS[key])
+        fields = record.__dict__
+        for key in LONG_FIELDS:  # inline test: read for every trial on every claim
+            value = fields[key]
+            if type(value) is dict and PARTS in value:
+                fields[key] = whole(attrs, key, _DEFAULTS[key])
         return record
 
     def final_acc(self) -> float | None:
