@@ -88,3 +88,14 @@ def stored_trials():
         return found.get_trials(states=states)
 
     return load
+
+
+def finished(t) -> bool:
+    """Whether a search trial ended as it should: trained (COMPLETE), or skipped (PRUNED with the
+    reason: over budget, or an architecture already trained, which two workers may sample)."""
+    from optuna.trial import TrialState
+
+    from condconv_nas.store.record import TrialRecord
+
+    return t.state == TrialState.COMPLETE or (
+        t.state == TrialState.PRUNED and bool(TrialRecord.of(t.user_attrs).skipped))

@@ -21,7 +21,7 @@ from condconv_nas.search.config import load_study_config
 from condconv_nas.search.study import open_study
 from condconv_nas.store.optuna_internals import record_heartbeat
 from condconv_nas.store.storage import counted, open_storage, stale_numbers
-from tests.conftest import ROOT, defaults
+from tests.conftest import ROOT, defaults, finished
 
 TRIALS = 6
 
@@ -79,8 +79,7 @@ def check_study(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fro
     or a repeat, PRUNED saying why); returns all trials."""
     kept = [t for t in trials if counted(t, stale_numbers(trials))]
     assert len(kept) == TRIALS, [(t.number, t.state.name, t.user_attrs.get("stale")) for t in trials]
-    assert all(t.state == TrialState.COMPLETE or (
-        t.state == TrialState.PRUNED and t.user_attrs.get("skipped")) for t in kept), [
+    assert all(finished(t) for t in kept), [
         (t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
     assert len({t.number for t in trials}) == len(trials)  # each number once
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

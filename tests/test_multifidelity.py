@@ -30,7 +30,7 @@ from condconv_nas.search.multifidelity import (
 from condconv_nas.search.study import open_study, run_search
 from condconv_nas.search.workers import _promotions
 from condconv_nas.store.storage import counted, open_storage, stale_numbers
-from tests.conftest import ROOT, defaults
+from tests.conftest import ROOT, defaults, finished
 from tests.test_faults import _gave_up, finish, storage_url, workers  # noqa: F401  (fixture)
 
 TRIALS = 6
@@ -119,7 +119,8 @@ def check_rungs(path: Path, stored_trials) -> list[optuna.trial.FrozenTrial]:
     stale = stale_numbers(trials)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     bottom = [t for t in trials if counted(t, stale)]
-    assert len(bottom) == TRIALS and all(t.state == TrialState.COMPLETE for t in bottom)
+    assert len(bottom) == TRIALS and all(finished(t) for t in bottom), [
+        (t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in bottom]
     live = [t for t in trials if t.number not in stale and not t.user_attrs.get("stale")]
     promoted = [t for t in live if t.user_attrs.get("rung", 0) > 0]
     keys = [(t.user_attrs["rung"], t.user_attrs["promoted_from"]) for t in promoted]

@@ -16,7 +16,7 @@ from condconv_nas.search.space import SpaceError
 from condconv_nas.search.study import run_baselines, run_search
 from condconv_nas.store.attrs import whole
 from condconv_nas.store.storage import StorageError, open_storage, reap_stale
-from tests.conftest import ROOT, defaults
+from tests.conftest import ROOT, defaults, finished
 
 STUDY = {"trials": 3, "train_limit": 500}  # this module's study keys (test_interrupts too)
 
@@ -159,7 +159,7 @@ def test_two_worker_processes_share_the_study(tmp_path, write_study):
     path = write_study(trials=4, workers=2)
     run_search(load_study_config(path), print_fn=lambda s: None)
     trials = load(path).trials
-    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(trials) == 4 and all(finished(t) for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     assert len({t.number for t in trials}) == 4
 
