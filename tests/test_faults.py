@@ -84,7 +84,7 @@ def check_study(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fro
     assert len({t.number for t in trials}) == len(trials)  # each number once
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     for t in kept:
-        assert {"spec", "madds", "params", "worker"} <= set(t.user_attrs)
+        assert {"spec", "madds", "params", "worker", "worker_started"} <= set(t.user_attrs)
         assert t.values or t.user_attrs["known_values"]
         if not t.user_attrs.get("infeasible") and "reused_from" not in t.user_attrs:
             assert t.user_attrs["curve"], t.number  # trained, its curve stored

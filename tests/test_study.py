@@ -105,6 +105,37 @@ def test_stale_running_trial_is_failed_and_queued_once(tmp_path, write_study):
     assert "queued again" in lines[0]
 
 
+def test_a_live_pid_of_another_process_is_not_the_trials_worker(tmp_path):
+    """A journal carried over a restart: the pid its worker had now belongs to another process."""
+    import subprocess
+    import sys
+    import time
+
+    from condconv_nas.store.storage import process_start
+
+    boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+    time.sleep(0.05)  # start times are in clock ticks: the child starts at a later one
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mine, theirs = process_start(os.getpid()), process_start(other.pid)
+        assert mine.startswith(boot + ":") and theirs.startswith(boot + ":") and mine != theirs
+        assert process_start(other.pid) == theirs and process_start(2**22 + 12345) == ""
+        study = optuna.create_study(storage=open_storage(str(tmp_path / "s.journal")),
+                                    directions=["maximize", "minimize"])
+        host = socket.gethostname()
+        for started in (theirs, mine, ""):  # its own start; another's; none stored (older journals)
+            t = study.ask({"x": optuna.distributions.IntDistribution(1, 2)})
+            t.set_user_attr("worker", f"{host}:{other.pid}")
+            if started:
+                t.set_user_attr("worker_started", started)
+        assert reap_stale(study) == 1
+        states = [t.state for t in study.trials]
+        assert states[:3] == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING]
+        assert study.trials[3].user_attrs["retry_of"] == 1  # queued again, once
+    finally:
+        other.kill()
+
+
 def test_failing_trial_keeps_its_reason_and_the_study_goes_on(tmp_path, monkeypatch, write_study):
     import condconv_nas.train.train as train
 

@@ -28,6 +28,7 @@ from ..store.storage import (
     counted,
     fail_and_requeue,
     open_storage,
+    process_start,
     reap_stale,
     stale_numbers,
     watchable_running,
@@ -67,7 +68,7 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str, queued_only: bool
     them dies its trial is queued again and this worker runs it.
     """
     ordered = order is not None and order.reproducible and not queued_only
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), process_start(os.getpid())
     while True:
         trial, wait = None, poll
         try:
@@ -84,7 +85,7 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str, queued_only: bool
                             study, slot, sampler_trials(seen, cfg.multifidelity))
                         with heartbeat_ask():  # we beat it ourselves (storage.beating)
                             trial = study.ask()
-                        write_record(trial, worker=worker, slot=slot,
+                        write_record(trial, worker=worker, worker_started=started, slot=slot,
                                      waited_s=round(time.perf_counter() - t0, 3))
                         record_heartbeat(study, trial)
                         return trial, StudyView(study, seen)
@@ -103,7 +104,7 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str, queued_only: bool
                             study.sampler.bind(study, sampler_trials(trials, cfg.multifidelity))
                         with heartbeat_ask():  # we beat it ourselves (storage.beating)
                             trial = study.ask()
-                        write_record(trial, worker=worker)  # lets others tell if its owner died
+                        write_record(trial, worker=worker, worker_started=started)  # lets others tell if its owner died
                         record_heartbeat(study, trial)
                         if _over_budget(study, trial, cfg.trials):
                             continue  # another machine claimed the last trial first

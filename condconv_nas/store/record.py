@@ -74,6 +74,7 @@ class TrialRecord:
     weights_artifact: str = ""               # Optuna artifact id of the trained weights (fronts)
     # Who ran it and what became of it.
     worker: str = ""                         # "host:pid" of the claiming worker
+    worker_started: str = ""                 # its boot id and start time (storage.process_start)
     fail_reason: str = ""
     stale: bool = False                      # a dead or interrupted attempt: not counted
     retry_of: int | None = None              # the failed attempt this trial runs again

@@ -210,6 +210,31 @@ def alive(pid: int) -> bool:
         return True
 
 
+def process_start(pid: int) -> str:
+    """Which run of process `pid` this is: the boot's id and the process's start time ("" where
+    /proc cannot tell), so that a pid reused after a restart is not taken for a trial's worker."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        start = stat[stat.rindex(")") + 2:].split()[19]  # field 22: clock ticks after boot
+    except (OSError, ValueError, IndexError):
+        return ""
+    return f"{boot}:{start}"
+
+
+def _owner_died(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial's worker ran on this machine and is gone: no such process, or the process
+    under its pid is another one (started at another time or boot: a journal carried over a
+    restart or to another machine of the same name)."""
+    pid = _local_owner(t)
+    if pid is None:
+        return False
+    if not alive(pid):
+        return True
+    started = TrialRecord.of(t.user_attrs).worker_started
+    return bool(started) and process_start(pid) not in ("", started)
+
+
 def _local_owner(t: optuna.trial.FrozenTrial) -> int | None:
     """The pid of the trial's worker when it ran on this machine."""
     w_host, _, pid = TrialRecord.of(t.user_attrs).worker.rpartition(":")
@@ -223,8 +248,7 @@ def reap_stale(study: optuna.Study) -> int:
     """
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = _local_owner(t)
-        if pid is not None and not alive(pid):
+        if _owner_died(t):
             n += fail_and_requeue(study, t, "its worker process died")
     if heartbeat_enabled(storage_of(study)):
         before = sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
