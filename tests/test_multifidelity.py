@@ -127,7 +127,9 @@ def check_rungs(path: Path, stored_trials) -> list[optuna.trial.FrozenTrial]:
     assert len(keys) == len(set(keys)), keys  # none counted twice
     by_number = {t.number: t for t in trials}
     for t in promoted:
-        assert t.state == TrialState.COMPLETE, (t.number, t.user_attrs.get("fail_reason"))
+        # Two workers may train one architecture at rung 0 at once; its second promotion is then
+        # skipped as a repeat (PRUNED, saying why).
+        assert finished(t), (t.number, t.state.name, t.user_attrs.get("fail_reason"))
         source = by_number[t.user_attrs["promoted_from"]]
         assert source.state == TrialState.COMPLETE and source.number not in stale
         assert source.user_attrs.get("rung", 0) == t.user_attrs["rung"] - 1
