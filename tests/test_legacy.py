@@ -21,7 +21,7 @@ import condconv_nas as cn
 from condconv_nas.analysis.results import load_results
 from condconv_nas.cli import main
 from condconv_nas.store.storage import open_storage
-from tests.conftest import ROOT
+from tests.conftest import ROOT, finished
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
 
@@ -77,8 +77,7 @@ def test_legacy_study_resumes_without_touching_stored_trials(legacy, capsys, sto
     after = stored_trials(legacy, "legacy")
     # The new trial is trained (COMPLETE), or skipped as over budget or a repeat (PRUNED, why).
     new = after[4]
-    assert len(after) == 5 and (new.state == optuna.trial.TrialState.COMPLETE or (
-        new.state == optuna.trial.TrialState.PRUNED and new.user_attrs["skipped"]))
+    assert len(after) == 5 and finished(new)
     for old, new in zip(before, after):
         assert (old.values, old.params, old.user_attrs) == (new.values, new.params, new.user_attrs)
     # The baselines were all trained by 0.1.0: the new reader sees every point as done.

@@ -104,7 +104,8 @@ def _claim(study: optuna.Study, cfg: StudyConfig, worker: str, queued_only: bool
                             study.sampler.bind(study, sampler_trials(trials, cfg.multifidelity))
                         with heartbeat_ask():  # we beat it ourselves (storage.beating)
                             trial = study.ask()
-                        write_record(trial, worker=worker, worker_started=started)  # lets others tell if its owner died
+                        # Who claimed it, so others can tell if its owner died.
+                        write_record(trial, worker=worker, worker_started=started)
                         record_heartbeat(study, trial)
                         if _over_budget(study, trial, cfg.trials):
                             continue  # another machine claimed the last trial first
