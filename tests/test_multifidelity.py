@@ -93,6 +93,31 @@ def test_to_promote_takes_the_top_third_highest_rung_first():
     assert to_promote({0: rung0[:2]}, {}, mf) is None  # floor(2/3) = 0
 
 
+def _run(number: int, arch: str, acc: float, rung: int = 0,
+         promoted_from: int | None = None) -> optuna.trial.FrozenTrial:
+    """A finished run as stored: its architecture, rung and accuracy (MAdds all equal)."""
+    attrs = {"arch_key": arch, "rung": rung, "madds": 5}
+    if promoted_from is not None:
+        attrs["promoted_from"] = promoted_from
+    t = optuna.trial.create_trial(state=TrialState.COMPLETE, values=[acc, 5.0], user_attrs=attrs)
+    t.number = number
+    return t
+
+
+def test_an_architecture_trained_twice_at_a_rung_takes_one_promotion():
+    mf = MultiFidelity(1, 9, 3)
+    # a (best) trained twice at once by two workers, then b..f: 6 architectures, 7 runs.
+    rung0 = [_run(0, "a", 0.9), _run(1, "a", 0.9)] + [
+        _run(n, arch, 0.8 - 0.01 * n) for n, arch in zip(range(2, 7), "bcdef")]
+    # The rule by hand: floor(6 / 3) = 2 architectures go up, a and then b (trial 2).
+    assert to_promote(*_promotions(rung0), mf) == (0, 0)
+    assert to_promote(*_promotions(rung0 + [_run(7, "a", 0.91, 1, 0)]), mf) == (2, 0)
+    # An older study promoted the twin: that counts for a, so b goes up next, not a again.
+    assert to_promote(*_promotions(rung0 + [_run(7, "a", 0.91, 1, 1)]), mf) == (2, 0)
+    done = rung0 + [_run(7, "a", 0.91, 1, 1), _run(8, "b", 0.85, 1, 2)]
+    assert to_promote(*_promotions(done), mf) is None
+
+
 def mf_writer(write_study, tmp_path: Path):
     """write(storage, **keys): a multi-fidelity study (MF over TRIALS architectures, fast
     heartbeats) under a fresh name, since several studies may share one storage."""
@@ -127,9 +152,10 @@ def check_rungs(path: Path, stored_trials) -> list[optuna.trial.FrozenTrial]:
     assert len(keys) == len(set(keys)), keys  # none counted twice
     by_number = {t.number: t for t in trials}
     for t in promoted:
-        # Two workers may train one architecture at rung 0 at once; its second promotion is then
-        # skipped as a repeat (PRUNED, saying why).
-        assert finished(t), (t.number, t.state.name, t.user_attrs.get("fail_reason"))
+        # An architecture trained twice at rung 0 at once is promoted once (its first run).
+        assert t.state == TrialState.COMPLETE, (t.number, t.state.name,
+                                                t.user_attrs.get("fail_reason"),
+                                                t.user_attrs.get("skipped"))
         source = by_number[t.user_attrs["promoted_from"]]
         assert source.state == TrialState.COMPLETE and source.number not in stale
         assert source.user_attrs.get("rung", 0) == t.user_attrs["rung"] - 1

@@ -160,20 +160,33 @@ def _promotions(trials: list[optuna.trial.FrozenTrial]
     """Finished runs per rung (number, accuracy, MAdds) and the numbers promoted from each rung.
 
     A promotion queued, running, finished or failed for a reason of its own counts as made; a
-    dead attempt does not (its retry, queued with the same rung, does).
+    dead attempt does not (its retry, queued with the same rung, does). An architecture counts
+    once per rung, as its first finished run: two workers may train it at once before either
+    result is stored, and its twin would otherwise take a second promotion slot (skipped there
+    as a repeat) that another architecture could have used.
     """
     stale = stale_numbers(trials)
     results: dict[int, list[tuple[int, float, float]]] = {}
-    promoted: dict[int, set[int]] = {}
-    for t in trials:
+    made: list[tuple[int, int]] = []  # (rung left, number promoted from)
+    first: dict[tuple[int, str], int] = {}  # (rung, architecture) -> its first finished run
+    arch: dict[int, str] = {}
+    for t in sorted(trials, key=lambda t: t.number):
         r = TrialRecord.of(t.user_attrs)
         if t.number in stale:  # stale_numbers holds the attempts marked stale too
             continue
+        arch[t.number] = r.arch_key
         if r.rung > 0 and r.promoted_from is not None:
-            promoted.setdefault(r.rung - 1, set()).add(r.promoted_from)
+            made.append((r.rung - 1, r.promoted_from))
         if (t.state == TrialState.COMPLETE and t.values and not r.infeasible
                 and r.reused_from is None):
+            if r.arch_key:  # records without one (none written today) count each run
+                if (r.rung, r.arch_key) in first:
+                    continue  # a twin trained at the same time as the first run
+                first[(r.rung, r.arch_key)] = t.number
             results.setdefault(r.rung, []).append((t.number, t.values[0], t.values[1]))
+    promoted: dict[int, set[int]] = {}
+    for k, n in made:  # a promotion made from a twin (older studies) counts for its first run
+        promoted.setdefault(k, set()).add(first.get((k, arch.get(n, "")), n))
     return results, promoted
 
 
