@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an architecture on a dataset")
     _add_arch_source(p)
     p.add_argument("--dataset", required=True,
-                   help="fashion-mnist, cifar10, cifar100, npz:DIR (train.npz/test.npz), "
+                   help="fashion-mnist, cifar10, cifar100, npz:DIR (train.npz/test.npz) or npz:FILE.npz, "
                    "imagefolder:DIR (DIR/train/<class>/*.png, optional val/, test/) or synthetic")
     p.add_argument("--image-size", type=int, metavar="S",
                    help="imagefolder datasets: resize every image to S x S")

@@ -138,6 +138,28 @@ def test_npz_folder(tmp_path):
     assert abs(data.mean[0] - x[np.random.default_rng(0).permutation(60)[6:]].mean() / 255) < 1e-6
 
 
+def test_npz_file_is_its_training_set(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (50, 8, 8, 3)).astype(np.uint8)
+    y = rng.integers(0, 4, 50)
+    np.savez(tmp_path / "mine.npz", images=x, labels=y)
+    (tmp_path / "folder").mkdir()
+    np.savez(tmp_path / "folder" / "train.npz", images=x, labels=y)
+    one, folder = load_dataset(f"npz:{tmp_path / 'mine.npz'}"), load_dataset(f"npz:{tmp_path / 'folder'}")
+    for a, b in zip((one.train, one.val), (folder.train, folder.val)):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert len(one.test) == 0 and one.in_channels == 3
+
+
+def test_a_bare_path_is_told_its_prefix(tmp_path):
+    np.savez(tmp_path / "mine.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(4, int))
+    (tmp_path / "pics").mkdir()
+    with pytest.raises(DataError, match=r"npz:.*mine\.npz"):
+        load_dataset(str(tmp_path / "mine.npz"))
+    with pytest.raises(DataError, match=r"imagefolder:.*pics"):
+        load_dataset(str(tmp_path / "pics"))
+
+
 @pytest.mark.parametrize("arrays, needle", [
     ({"pics": np.zeros((4, 8, 8, 3), np.uint8), "labels": np.zeros(4, int)}, "needs arrays"),
     ({"images": np.zeros((4, 8, 8, 3), np.float32), "labels": np.zeros(4, int)}, "uint8"),

@@ -237,7 +237,20 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels.astype(np.int64)
 
 
+def _path_hint(name: str) -> str:
+    """For a dataset named by a bare path, the prefix it needs ("" when it names no path)."""
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".npz" or (path / "train.npz").is_file():
+        return f" (for this file or folder: npz:{name})"
+    if path.is_dir():
+        return f" (for this folder of images: imagefolder:{name})"
+    return ""
+
+
 def _npz(folder: Path) -> tuple[np.ndarray, ...]:
+    if folder.is_file():  # one file: its images are the training set, with no test split
+        xtr, ytr = _npz_arrays(folder)
+        return xtr, ytr, xtr[:0], ytr[:0]
     if not folder.is_dir():
         raise DataError(f"npz folder {folder} does not exist; it needs train.npz (and test.npz) "
                         "with uint8 NHWC 'images' and integer 'labels'")
@@ -316,7 +329,8 @@ def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = 
         xtr, ytr, xte, yte = _synthetic(split_seed)
         flip, pad = False, 1
     else:
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}"
+                        + _path_hint(name))
     if given_val is not None:  # the folder's own val/: nothing carved for validation
         n_val, val_size = len(given_val[1]), 0
     else:
