@@ -108,3 +108,30 @@ def test_controls_are_matched_within_two_percent_or_bracket_with_nothing_between
         w = controls["width"][0]
         if len(controls["width"]) == 1:
             assert count_cost(base.replace(width_mult=w.multiplier)).madds == w.madds
+
+
+def test_points_whose_controls_are_one_network_share_its_runs():
+    from condconv_nas.nn.model import build_model
+    from condconv_nas.nn.spec import ArchSpec
+    from condconv_nas.search.baselines import control_runs, matched_controls
+
+    space = load_space(ROOT / "search_spaces" / "fmnist_mbv2.yaml")
+    # A point the width family can only bracket, and a second just above the dearer side of that
+    # bracket: its matched control is that same network, solved to another multiplier.
+    first = next(t for t in range(3_000_000, 8_000_000, 50_000)
+                 if len(matched_controls(space, ("width",), t)["width"]) == 2)
+    dearer = matched_controls(space, ("width",), first)["width"][1]
+    second = dearer.madds + 1
+    (matched,) = matched_controls(space, ("width",), second)["width"]
+    assert matched.madds == dearer.madds and matched.multiplier != dearer.multiplier
+    runs = control_runs(space, [first, second], {"width": (0, 10 ** 12)})
+
+    def shapes(run: dict) -> tuple:  # the network itself, from its built weights
+        model = build_model(ArchSpec.from_dict(run["baseline_spec"]))
+        return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+    networks = [shapes(r) for r in runs]
+    assert len(runs) == 2 and len(set(networks)) == 2  # the cheaper side and the shared one
+    costs = sorted(count_cost(ArchSpec.from_dict(r["baseline_spec"])).madds for r in runs)
+    assert costs == sorted({c.madds for t in (first, second)
+                            for c in matched_controls(space, ("width",), t)["width"]})

@@ -227,16 +227,18 @@ def control_runs(space: SearchSpace, madds: list[int], ranges: dict[str, tuple[f
                  adapt=lambda s: s) -> list[dict]:
     """The queued runs (record fields) of the matched-cost controls of points with `madds`:
     for each family whose MAdds range (`ranges`, its stored baselines') reaches a point, one run
-    per family and architecture, however many points it serves."""
+    per family and network, however many points it serves."""
     # A family's claims read its own runs. (A width and a compound control of one layout are
-    # two runs: their specs record other multipliers.)
-    runs: dict[tuple[str, str], dict] = {}
+    # two runs: their specs record other multipliers.) Within a family one network is one run:
+    # two points' bisections can land on multipliers a hair apart that round to the same
+    # channels, and the claims pair a point with its controls by their MAdds, not their key.
+    runs: dict[tuple[str, tuple], dict] = {}
     for m in sorted(set(madds)):
         reach = tuple(f for f, (lo, hi) in ranges.items() if lo <= m <= hi)
         for family, configs in matched_controls(space, reach, m, adapt=adapt).items():
             for c in configs:
                 key = arch_key(c.spec)
-                runs.setdefault((family, key), {
+                runs.setdefault((family, _layout(c.spec)), {
                     "baseline_spec": c.spec.to_dict(), "family": family,
                     "multiplier": c.multiplier,
                     "baseline_label": f"{family} control {c.madds:,} MAdds ({key[:6]})"})
