@@ -240,7 +240,7 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _path_hint(name: str) -> str:
     """For a dataset named by a bare path, the prefix it needs ("" when it names no path)."""
     path = Path(name).expanduser()
-    if path.is_file() and path.suffix == ".npz" or (path / "train.npz").is_file():
+    if (path.is_file() and path.suffix == ".npz") or (path / "train.npz").is_file():
         return f" (for this file or folder: npz:{name})"
     if path.is_dir():
         return f" (for this folder of images: imagefolder:{name})"
@@ -252,8 +252,8 @@ def _npz(folder: Path) -> tuple[np.ndarray, ...]:
         xtr, ytr = _npz_arrays(folder)
         return xtr, ytr, xtr[:0], ytr[:0]
     if not folder.is_dir():
-        raise DataError(f"npz folder {folder} does not exist; it needs train.npz (and test.npz) "
-                        "with uint8 NHWC 'images' and integer 'labels'")
+        raise DataError(f"npz path {folder} does not exist; give a folder with train.npz (and "
+                        "test.npz), or one .npz file, with uint8 NHWC 'images' and integer 'labels'")
     if not (folder / "train.npz").is_file():
         raise DataError(f"{folder}/train.npz is missing; an npz dataset needs train.npz "
                         "(and optionally test.npz) with 'images' (uint8 NHWC) and 'labels'")
@@ -347,7 +347,8 @@ def load_dataset(name: str, data_dir: str | None = None, val_size: int | None = 
                         "holdout_size, or use holdout: test")
     if holdout == "test" and not len(yte):
         raise DataError(f"holdout: test, but {name} has no test split (an npz folder needs "
-                        "test.npz); write holdout_size instead to carve one from training")
+                        "test.npz; one .npz file has none); write holdout_size instead to carve one "
+                        "from training")
     # One permutation: validation first, then the holdout, then training. Without a holdout the
     # layout is the one studies stored before holdout splits had.
     order = np.random.default_rng(split_seed).permutation(len(ytr))
