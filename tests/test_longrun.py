@@ -72,6 +72,22 @@ def test_fidelity_points_score_each_architecture_by_its_mean_over_the_studys_run
     assert fresh_seed(done, confirmed) == 3
 
 
+def test_the_fidelity_seed_index_stays_put_while_confirmation_runs_land_beside_it():
+    search = pd.DataFrame([_row("search", 0, 0, 0.5, 1), _row("width", 10, 1, 0.4, 2)])
+    confirmed = pd.DataFrame([_row("search", 20, 1, 0.6, 1)])
+    # Confirmation plans seed indices 1 and 2; one of its runs is stored when the check starts.
+    first = fresh_seed(search, confirmed, planned=2)
+    assert first == 3
+    landed = pd.concat([confirmed, pd.DataFrame([_row("search", 21, 2, 0.7, 1)])])
+    assert fresh_seed(search, landed, planned=2) == first  # its checkpoints stay usable
+    # A restart keeps the index it chose, unless a run has used it since (confirm --seeds 3).
+    assert fresh_seed(search, landed, planned=2, chosen=first) == first
+    assert fresh_seed(search, landed, planned=2, chosen=7) == 7
+    used = pd.concat([landed, pd.DataFrame([_row("search", 22, 3, 0.7, 1)])])
+    assert fresh_seed(used, planned=2, chosen=first) == 4
+    assert fresh_seed(search, landed, planned=2, chosen=2) == 3  # the config plans index 2
+
+
 def _agreement(tau: float, ci: list, tau_madds: float, madds_ci: list, gain: list) -> dict:
     return {"archs": 8, "tau": tau, "tau_ci95": ci, "tau_madds": tau_madds,
             "tau_madds_ci95": madds_ci, "tau_gain_ci95": gain}
@@ -109,8 +125,9 @@ def test_fidelity_end_to_end(tmp_path, capsys):
         assert f"  {q['name']}: epoch 2/2, val {q['long_acc']:.4f} (" in captured.err
     sources = [p["source"] for p in record["points"]]
     assert sources.count("width") == 2 and 1 <= sources.count("search") <= 2
-    # A fresh seed index: the baselines used 0 and 1.
-    assert record["seed"] == 2 and "at fresh seed index 2" in captured.out
+    # A fresh seed index: the baselines used 0 and 1, and confirmation (3 seeds by default, not
+    # run yet) will use 1 to 3.
+    assert record["seed"] == 4 and "at fresh seed index 4" in captured.out
     # Each proxy accuracy is the mean over the stored runs of that architecture (both seeds of a
     # baseline point), recounted from the stored trials.
     results = load_results(open_storage(cfg.storage), "t")
@@ -147,7 +164,7 @@ def test_fidelity_end_to_end(tmp_path, capsys):
     study = optuna.load_study(study_name="t", storage=open_storage(cfg.storage))
     assert whole(study.user_attrs, "fidelity")["n"] == record["n"]
     runs = whole(study.user_attrs, "fidelity_runs")
-    assert len(runs) == record["n"] and {r["seed"] for r in runs.values()} == {2}
+    assert len(runs) == record["n"] and {r["seed"] for r in runs.values()} == {4}
     # Each long run saved its epochs and removed its checkpoint when it finished.
     folder = Path(cfg.artifacts) / "checkpoints"
     assert folder.is_dir() and not list(folder.iterdir())

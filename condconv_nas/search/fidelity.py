@@ -138,10 +138,18 @@ def spread_ranks(madds: Sequence[float], acc: Sequence[float], k: int) -> list[i
     return sorted(picked, key=lambda i: (madds[i], acc[i]))
 
 
-def fresh_seed(*frames: pd.DataFrame) -> int:
-    """The first seed index above every one the study's runs used (none of their seed luck)."""
-    used = [int(s) for f in frames for s in pd.to_numeric(f.seed, errors="coerce").dropna()]
-    return max(used, default=-1) + 1
+def fresh_seed(*frames: pd.DataFrame, planned: int = -1, chosen: int | None = None) -> int:
+    """The seed index of the long runs: none of the study's runs used it (none of their luck).
+
+    It is the first index above every one the stored runs used and the highest the config plans
+    (`planned`), so that confirmation runs landing beside a stopped fidelity check do not move its
+    index and discard its checkpoints; an index `chosen` by an earlier start is kept while that
+    still holds.
+    """
+    used = {int(s) for f in frames for s in pd.to_numeric(f.seed, errors="coerce").dropna()}
+    if chosen is not None and chosen > planned and chosen not in used:
+        return chosen
+    return max(max(used, default=-1), planned) + 1
 
 
 def _identity(spec: str) -> str:
@@ -193,8 +201,13 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int, device: str = "auto",
     points = fidelity_points(results.finished, top, results.confirmed)
     if not points:
         raise LongRunError(f"study {cfg.name} has no completed trials; run the search first")
-    seed = fresh_seed(results.trials, results.confirmations)
     study = optuna.load_study(study_name=cfg.name, storage=storage)
+    # Confirmation uses indices 1..confirm_seeds and the baselines 0..seeds-1: both may still be
+    # training beside this check (scripts/fmnist_finding.sh runs them side by side).
+    planned = max(cfg.confirm_seeds, cfg.baselines.seeds - 1)
+    seed = fresh_seed(results.trials, results.confirmations, planned=planned,
+                      chosen=study.user_attrs.get("fidelity_seed"))
+    set_study_attr(study, "fidelity_seed", seed)
     done: dict[str, Any] = dict(whole(study.user_attrs, "fidelity_runs") or {})
     pending = {_key(p, epochs, seed): p for p in points if _key(p, epochs, seed) not in done}
     print_fn(f"fidelity of {cfg.name}: {len(points)} architectures, {epochs} epochs each on the "
